@@ -1,0 +1,167 @@
+"""Train once, load in seconds: a cache of trained teachers keyed by their configuration.
+
+Each entry is two files under ``$KDEDU_CACHE`` (default ``~/.cache/kdedu``):
+
+* ``<name>-<key>.pt``: the model's ``state_dict``, written atomically (temp file + ``os.replace``);
+* ``<name>-<key>.json``: the configuration, metrics and the SHA-256 of the ``.pt`` file, written
+  last, so a half-written entry never looks complete.
+
+``key`` hashes the configuration, so a changed recipe gets a new entry. On load the checksum, the
+stored configuration and the state dict's keys and shapes are all checked; a corrupt or stale
+entry is reported with a warning and retrained, never silently used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = ["cache_dir", "cached", "teacher", "RECIPES"]
+
+FORMAT = 1  # bump when the file layout changes: every old entry becomes stale
+
+
+def cache_dir() -> Path:
+    """``$KDEDU_CACHE`` if set, else ``~/.cache/kdedu``."""
+    return Path(os.environ.get("KDEDU_CACHE", Path.home() / ".cache" / "kdedu"))
+
+
+def _key(name: str, config: dict) -> str:
+    blob = json.dumps({"name": name, "config": config, "format": FORMAT}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _try_load(model: nn.Module, pt: Path, meta_path: Path, config: dict) -> dict | None:
+    """The stored metadata if the entry is complete, intact and current; else None (with a warning)."""
+    if not meta_path.exists() or not pt.exists():
+        return None  # never written, or interrupted before the metadata was committed
+    try:
+        meta = json.loads(meta_path.read_text())
+        data = pt.read_bytes()
+        if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
+            raise ValueError("checksum mismatch (the weights file is corrupt or was modified)")
+        if json.loads(json.dumps(config, default=str)) != meta.get("config"):
+            raise ValueError("the stored configuration differs from the requested one (stale entry)")
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        model.load_state_dict(state, strict=True)
+        return meta
+    except Exception as err:  # corrupt JSON, bad checksum, stale config, wrong keys or shapes
+        warnings.warn(f"kdedu.zoo: ignoring cache entry {pt.name}: {err}; retraining", stacklevel=3)
+        return None
+
+
+def cached(name: str, config: dict, build: Callable[[], nn.Module],
+           train: Callable[[nn.Module], dict], root: str | os.PathLike | None = None,
+           verbose: bool = True) -> tuple[nn.Module, dict]:
+    """Return ``(model, meta)``: loaded from the cache if a valid entry exists, else built and trained.
+
+    Args:
+        name: a readable prefix for the files (``"digits-cnn"``).
+        config: everything that determines the trained weights (architecture, epochs, seed, ...);
+            JSON-serialisable. Its hash is the cache key.
+        build: returns a fresh, untrained model.
+        train: trains the model in place and returns a dict of metrics (stored in ``meta``).
+        root: the cache folder (default :func:`cache_dir`).
+    """
+    if not isinstance(config, dict):
+        raise TypeError(f"config must be a dict, got {type(config).__name__}")
+    root = Path(root) if root is not None else cache_dir()
+    stem = f"{name}-{_key(name, config)}"
+    pt, meta_path = root / f"{stem}.pt", root / f"{stem}.json"
+    model = build()
+    meta = _try_load(model, pt, meta_path, config)
+    if meta is not None:
+        if verbose:
+            print(f"kdedu.zoo: loaded {name} from {pt}")
+        return model.eval(), meta
+    model = build()  # a failed load may have left partial weights behind
+    t0 = time.perf_counter()
+    metrics = train(model)
+    buf = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buf)
+    data = buf.getvalue()
+    meta = {"name": name, "config": json.loads(json.dumps(config, default=str)), "metrics": metrics or {},
+            "train_time_s": time.perf_counter() - t0, "sha256": hashlib.sha256(data).hexdigest(),
+            "torch": torch.__version__}
+    _atomic_write(pt, data)
+    _atomic_write(meta_path, json.dumps(meta, indent=2).encode())  # written last: the commit marker
+    if verbose:
+        print(f"kdedu.zoo: trained {name} in {meta['train_time_s']:.1f} s, cached at {pt}")
+    return model.eval(), meta
+
+
+# ------------------------------------------------------------------------------------------
+# the book's standard teachers
+# ------------------------------------------------------------------------------------------
+RECIPES: dict[str, dict] = {
+    # the default teacher of Part I: a small CNN on 8x8 digits
+    "digits-cnn": {"arch": "cnn", "channels": [32, 64], "num_epochs": 30, "lr": 3e-3, "batch_size": 64},
+    # a wide MLP teacher (same family as the students)
+    "digits-mlp": {"arch": "mlp", "hidden": [512, 512], "dropout": 0.2, "num_epochs": 40, "lr": 1e-3,
+                   "batch_size": 64},
+}
+
+
+def _build(config: dict) -> nn.Module:
+    from kdedu.models import MLP, SmallCNN
+
+    if config["arch"] == "cnn":
+        return SmallCNN(in_channels=1, channels=tuple(config["channels"]), num_classes=10)
+    if config["arch"] == "mlp":
+        return MLP(64, tuple(config["hidden"]), 10, dropout=config.get("dropout", 0.0))
+    raise ValueError(f"unknown arch {config['arch']!r}")
+
+
+def teacher(name: str = "digits-cnn", seed: int = 0, root: str | os.PathLike | None = None,
+            verbose: bool = True, **overrides) -> nn.Module:
+    """A trained, frozen teacher from :data:`RECIPES`, trained on the digits' train split once per
+    ``(recipe, seed, overrides)`` and cached. Its validation and test accuracy are in ``model.meta``.
+
+    ``overrides`` change recipe entries, e.g. ``teacher("digits-mlp", hidden=[64])``.
+    """
+    if name not in RECIPES:
+        raise ValueError(f"name must be one of {sorted(RECIPES)}, got {name!r}")
+    unknown = set(overrides) - set(RECIPES[name])
+    if unknown:
+        raise ValueError(f"unknown recipe entries for {name!r}: {sorted(unknown)}; known: {sorted(RECIPES[name])}")
+    config = {**RECIPES[name], **overrides, "seed": seed, "data": "digits"}
+
+    def train(model: nn.Module) -> dict:
+        from kdedu.data import digits_loaders
+        from kdedu.methods import Supervised
+        from kdedu.train import evaluate, fit
+
+        loaders = digits_loaders(batch_size=config["batch_size"])
+        fit(Supervised(model), loaders["train"], None, num_epochs=config["num_epochs"], lr=config["lr"],
+            seed=seed, device="cpu", desc=f"training teacher {name}")
+        return {"val_acc": evaluate(model, loaders["val"])["acc"], "test_acc": evaluate(model, loaders["test"])["acc"]}
+
+    model, meta = cached(name, config, lambda: _build(config), train, root=root, verbose=verbose)
+    model.requires_grad_(False)
+    model.meta = meta
+    return model

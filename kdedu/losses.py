@@ -143,8 +143,9 @@ def kd_loss(
     log_p_s = F.log_softmax(student_logits / t, dim=-1)
     log_p_t = F.log_softmax(teacher_logits / t, dim=-1)
     p_t = log_p_t.exp()
-    # where p_t == 0 the term p_t * (log p_t - log p_s) is 0 (limit x log x -> 0), not nan
-    terms = torch.where(p_t > 0, p_t * (log_p_t - log_p_s), torch.zeros_like(p_t))
+    # where p_t == 0 the term p_t * (log p_t - log p_s) is 0 (limit x log x -> 0), not nan; the log-ratio
+    # is masked (not the product) so no 0 * inf is ever formed, in the forward or the backward pass
+    terms = p_t * torch.where(p_t > 0, log_p_t - log_p_s, torch.zeros_like(p_t))
     return _reduce(terms.sum(dim=-1) * t * t, reduction)
 
 
@@ -223,7 +224,7 @@ def virtual_teacher_probs(targets: torch.Tensor, num_classes: int, correct_prob:
     if not isinstance(targets, torch.Tensor):
         raise TypeError(f"targets must be a torch.Tensor of class indices, got {type(targets).__name__}")
     _check_target_indices(targets, tuple(targets.shape), num_classes)
-    probs = torch.full((*targets.shape, num_classes), (1.0 - a) / (num_classes - 1))
+    probs = torch.full((*targets.shape, num_classes), (1.0 - a) / (num_classes - 1), device=targets.device)
     return probs.scatter(-1, targets.unsqueeze(-1), a)
 
 

@@ -189,7 +189,7 @@ def fit(
     if not isinstance(distiller, Distiller):
         raise TypeError(f"distiller must be a kdedu.train.Distiller, got {type(distiller).__name__} "
                         f"(wrap a plain model in kdedu.methods.Supervised)")
-    if not isinstance(num_epochs, int) or num_epochs < 0:
+    if isinstance(num_epochs, bool) or not isinstance(num_epochs, int) or num_epochs < 0:
         raise ValueError(f"num_epochs must be a non-negative integer, got {num_epochs!r}")
     if not lr > 0:
         raise ValueError(f"lr must be > 0, got {lr}")

@@ -1,0 +1,144 @@
+"""kdedu.check, the framework: verdicts, messages, and the checker helpers (chapter checks: test_check_chNN.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kdedu import check
+from kdedu.check import Result, Wrong, close, exercise, register, same_tensor
+
+TEST_ID = "00.test-framework"
+
+
+@pytest.fixture
+def temp_exercise():
+    """Register a throw-away exercise and remove it afterwards, whatever happens."""
+    assert TEST_ID not in check.EXERCISES
+
+    @register(TEST_ID, hint="square the number")
+    def _checker(fn):
+        got = fn(3)
+        if got == "crash-in-checker-helper":
+            raise Wrong("a custom message", hint="a custom hint")
+        close("your f(3)", got, 9.0)
+        return "f(3) = 9, as it should."
+
+    yield TEST_ID
+    check.EXERCISES.pop(TEST_ID, None)
+
+
+def test_unknown_exercise_raises_naming_the_id():
+    with pytest.raises(ValueError, match="99.no-such-exercise"):
+        exercise("99.no-such-exercise", 1)
+
+
+@pytest.mark.parametrize("answer", [None, ...])
+def test_unanswered_is_falsy(temp_exercise, answer, capsys):
+    result = exercise(temp_exercise, answer)
+    assert isinstance(result, Result) and not result
+    assert "not answered" in result.message and "square the number" in result.message
+    out = capsys.readouterr().out
+    assert "❌" in out and "not answered" in out and TEST_ID in out
+
+
+def test_correct_answer_is_truthy(temp_exercise, capsys):
+    result = exercise(temp_exercise, lambda v: v * v)
+    assert result and result.ok and result.exercise == TEST_ID
+    assert result.message == "f(3) = 9, as it should."
+    out = capsys.readouterr().out
+    assert "✅" in out and "f(3) = 9" in out
+
+
+def test_wrong_answer_is_falsy_with_message_and_hint(temp_exercise, capsys):
+    result = exercise(temp_exercise, lambda v: v + v)
+    assert not result
+    assert "too small" in result.message and "your f(3)" in result.message
+    assert "Hint: square the number" in result.message
+    out = capsys.readouterr().out
+    assert "❌" in out and "too small" in out and "square the number" in out
+    # a Wrong with its own hint uses that hint instead of the registered one
+    result = exercise(temp_exercise, lambda v: "crash-in-checker-helper", verbose=False)
+    assert not result and "a custom message" in result.message and "a custom hint" in result.message
+    assert "square the number" not in result.message
+    assert capsys.readouterr().out == ""  # verbose=False prints nothing
+
+
+def test_crashing_answer_is_falsy_and_names_the_exception(temp_exercise, capsys):
+    def broken(v):
+        return {}[v]
+
+    result = exercise(temp_exercise, broken)
+    assert not result
+    assert "KeyError" in result.message and "raised" in result.message
+    assert "square the number" in result.message
+    assert "KeyError" in capsys.readouterr().out
+
+
+def test_default_success_message(temp_exercise):
+    check.EXERCISES.pop(TEST_ID)
+    register(TEST_ID)(lambda answer: None)
+    result = exercise(TEST_ID, 42, verbose=False)
+    assert result and result.message == "correct!"
+
+
+def test_register_twice_raises(temp_exercise):
+    with pytest.raises(ValueError, match=TEST_ID):
+        register(TEST_ID)(lambda answer: "ok")
+
+
+def test_result_repr_and_bool():
+    assert repr(Result("x", True, "fine")) == "✅ [x] fine"
+    assert repr(Result("x", False, "no")) == "❌ [x] no"
+    assert bool(Result("x", True, "")) and not bool(Result("x", False, ""))
+
+
+def test_every_registered_exercise_is_well_formed():
+    for exercise_id, (fn, hint) in check.EXERCISES.items():
+        assert callable(fn) and isinstance(hint, str)
+        assert exercise_id[:2].isdigit() and exercise_id[2] == ".", exercise_id
+
+
+# ------------------------------------------------------------------------------------------
+# helpers
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("got", [1.0, 1.005, torch.tensor(0.995), torch.tensor([1.0]), 1])
+def test_close_accepts(got):
+    close("x", got, 1.0, rel=1e-2)
+
+
+@pytest.mark.parametrize("got,match", [
+    (1.02, "too large"), (0.98, "too small"), (float("inf"), "too large"),
+    (torch.tensor([1.0, 1.0]), "single number"), (None, "should be a number"), ("abc", "should be a number"),
+    ([1.0], "should be a number"),
+])
+def test_close_rejects(got, match):
+    with pytest.raises(Wrong, match=match):
+        close("x", got, 1.0, rel=1e-2)
+
+
+def test_close_rejects_nan():
+    with pytest.raises(Wrong, match="x = nan"):
+        close("x", float("nan"), 1.0)
+
+
+def test_close_absolute_tolerance_near_zero():
+    close("x", 1e-7, 0.0)
+    with pytest.raises(Wrong):
+        close("x", 1e-3, 0.0)
+    close("x", 1e-3, 0.0, abs_=1e-2)
+
+
+def test_same_tensor():
+    expected = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    same_tensor("t", expected.clone(), expected)
+    same_tensor("t", expected.double() + 1e-7, expected)  # dtype does not matter, values do
+    with pytest.raises(Wrong, match="should return a torch.Tensor"):
+        same_tensor("t", expected.tolist(), expected)
+    with pytest.raises(Wrong, match=r"shape \(4,\)"):
+        same_tensor("t", expected.reshape(4), expected)
+    with pytest.raises(Wrong, match=r"off by up to 0\.5"):
+        same_tensor("t", expected + torch.tensor([[0.0, 0.5], [0.0, 0.0]]), expected)
+    with pytest.raises(Wrong):
+        same_tensor("t", torch.full((2, 2), float("nan")), expected)
+    same_tensor("t", expected + 0.01, expected, atol=0.02)

@@ -158,10 +158,14 @@ def teacher(name: str = "digits-cnn", seed: int = 0, root: str | os.PathLike | N
 
         loaders = digits_loaders(batch_size=config["batch_size"])
         fit(Supervised(model), loaders["train"], None, num_epochs=config["num_epochs"], lr=config["lr"],
-            seed=seed, device="cpu", desc=f"training teacher {name}")
+            seed=seed, device="cpu", progress=verbose, desc=f"training teacher {name}")
         return {"val_acc": evaluate(model, loaders["val"])["acc"], "test_acc": evaluate(model, loaders["test"])["acc"]}
 
-    model, meta = cached(name, config, lambda: _build(config), train, root=root, verbose=verbose)
+    def build() -> nn.Module:
+        torch.manual_seed(seed)  # the initial weights are part of the recipe, too
+        return _build(config)
+
+    model, meta = cached(name, config, build, train, root=root, verbose=verbose)
     model.requires_grad_(False)
     model.meta = meta
     return model

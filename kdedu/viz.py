@@ -44,12 +44,17 @@ def plot_probs(probs, class_names: Sequence[str] | None = None, title: str | Non
 
 
 def plot_similarity(matrix, class_names: Sequence[str] | None = None, title: str | None = None, ax=None,
-                    cmap: str = "viridis"):
-    """A heat map of a square class-by-class matrix, with its values written in the cells."""
+                    cmap: str = "viridis", annotate: bool = False, fmt: str = ".2f"):
+    """A heat map of a square class-by-class matrix; ``annotate=True`` writes the values in the cells."""
     ax = _ax(ax)
     m = torch.as_tensor(matrix).detach().float().cpu().numpy()
     names = list(class_names) if class_names is not None else [str(i) for i in range(len(m))]
     im = ax.imshow(m, cmap=cmap)
+    if annotate:
+        for i in range(m.shape[0]):
+            for j in range(m.shape[1]):
+                if np.isfinite(m[i, j]):
+                    ax.text(j, i, format(m[i, j], fmt), ha="center", va="center", fontsize=7, color="w")
     ax.set_xticks(range(len(names)), names)
     ax.set_yticks(range(len(names)), names)
     ax.figure.colorbar(im, ax=ax, fraction=0.046)

@@ -75,5 +75,5 @@ def cifar(name: str = "cifar10", train: bool = True, root: str | os.PathLike | N
 def as_tensors(dataset, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack a (small) map-style data set into ``(x, y)`` tensors; ``limit`` keeps the first items."""
     n = len(dataset) if limit is None else min(limit, len(dataset))
-    xs, ys = zip(*(dataset[i] for i in range(n)))
+    xs, ys = zip(*(dataset[i] for i in range(n)), strict=True)
     return torch.stack(xs), torch.tensor(ys, dtype=torch.int64)

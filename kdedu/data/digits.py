@@ -42,7 +42,7 @@ def _all_splits() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     idx = torch.arange(len(y)).numpy()
     train_idx, rest = train_test_split(idx, train_size=0.6, stratify=y.numpy(), random_state=0)
     val_idx, test_idx = train_test_split(rest, train_size=0.5, stratify=y.numpy()[rest], random_state=0)
-    return {name: (x[i], y[i]) for name, i in zip(SPLITS, (train_idx, val_idx, test_idx))}
+    return {name: (x[i], y[i]) for name, i in zip(SPLITS, (train_idx, val_idx, test_idx), strict=True)}
 
 
 def digits(split: str = "train", shift: int = 0, seed: int = 0, limit: int | None = None) -> Split:

@@ -1,0 +1,188 @@
+"""The exercise checkers of chapters 01 (why distill) and 02 (dark knowledge).
+
+For every checker: a correct answer passes, plausible wrong answers fail (with a message), and
+``None`` is reported as "not answered yet" without raising.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kdedu import check, losses
+from kdedu.train import Distiller
+
+
+def _verdict(exercise_id, answer):
+    return check.exercise(exercise_id, answer, verbose=False)
+
+
+# ------------------------------------------------------------------------------------------
+# chapter 01
+# ------------------------------------------------------------------------------------------
+def mlp_params(in_features, hidden, num_classes):
+    widths = [in_features, *hidden, num_classes]
+    return sum(a * b + b for a, b in zip(widths[:-1], widths[1:], strict=True))
+
+
+def mlp_params_numpy(in_features, hidden, num_classes):  # a NumPy integer is a number too
+    return np.int64(mlp_params(in_features, hidden, num_classes))
+
+
+def mlp_params_no_bias(in_features, hidden, num_classes):
+    widths = [in_features, *hidden, num_classes]
+    return sum(a * b for a, b in zip(widths[:-1], widths[1:], strict=True))
+
+
+def mlp_params_first_layer_only(in_features, hidden, num_classes):
+    return in_features * (hidden[0] if hidden else num_classes)
+
+
+def kd_ce(z_s, z_t, y, alpha, T):
+    p_t = F.softmax(z_t / T, dim=-1)
+    soft = -(p_t * F.log_softmax(z_s / T, dim=-1)).sum(dim=-1).mean()
+    return (1 - alpha) * F.cross_entropy(z_s, y) + alpha * T**2 * soft
+
+
+def kd_kl(z_s, z_t, y, alpha, T):  # the chapter's KL form: right gradient, not the asked-for value
+    return losses.distillation_loss(z_s, z_t, y, alpha, T)
+
+
+def kd_ce_no_t2(z_s, z_t, y, alpha, T):
+    p_t = F.softmax(z_t / T, dim=-1)
+    soft = -(p_t * F.log_softmax(z_s / T, dim=-1)).sum(dim=-1).mean()
+    return (1 - alpha) * F.cross_entropy(z_s, y) + alpha * soft
+
+
+def kd_ce_student_not_softened(z_s, z_t, y, alpha, T):
+    p_t = F.softmax(z_t / T, dim=-1)
+    soft = -(p_t * F.log_softmax(z_s, dim=-1)).sum(dim=-1).mean()
+    return (1 - alpha) * F.cross_entropy(z_s, y) + alpha * T**2 * soft
+
+
+def kd_ce_summed(z_s, z_t, y, alpha, T):  # sums over the batch instead of averaging
+    p_t = F.softmax(z_t / T, dim=-1)
+    soft = -(p_t * F.log_softmax(z_s / T, dim=-1)).sum()
+    return (1 - alpha) * F.cross_entropy(z_s, y, reduction="sum") + alpha * T**2 * soft
+
+
+def kd_ce_detached(z_s, z_t, y, alpha, T):
+    return kd_ce(z_s, z_t, y, alpha, T).detach()
+
+
+def kd_ce_per_row(z_s, z_t, y, alpha, T):
+    p_t = F.softmax(z_t / T, dim=-1)
+    return (1 - alpha) * F.cross_entropy(z_s, y, reduction="none") - alpha * T**2 * (
+        p_t * F.log_softmax(z_s / T, dim=-1)).sum(dim=-1)
+
+
+def test_01_mlp_params():
+    assert _verdict("01.mlp-params", mlp_params)
+    assert _verdict("01.mlp-params", mlp_params_numpy)
+    r = _verdict("01.mlp-params", mlp_params_no_bias)
+    assert not r and "biases" in r.message
+    assert not _verdict("01.mlp-params", mlp_params_first_layer_only)
+    assert not _verdict("01.mlp-params", lambda *a: "4810")
+    assert not _verdict("01.mlp-params", 4810)  # a number, not a function
+
+
+def test_01_kd_loss():
+    r = _verdict("01.kd-loss", kd_ce)
+    assert r, r.message
+    r = _verdict("01.kd-loss", kd_kl)
+    assert not r and "KL form" in r.message
+    r = _verdict("01.kd-loss", kd_ce_no_t2)
+    assert not r and "T**2" in r.message
+    for wrong in (kd_ce_student_not_softened, kd_ce_summed, kd_ce_detached, kd_ce_per_row):
+        assert not _verdict("01.kd-loss", wrong), wrong.__name__
+    assert not _verdict("01.kd-loss", lambda *a: 1 / 0)  # a crashing answer is reported, not raised
+
+
+# ------------------------------------------------------------------------------------------
+# chapter 02
+# ------------------------------------------------------------------------------------------
+def class_similarity(probs, labels, num_classes):
+    onehot = F.one_hot(labels, num_classes).to(probs.dtype)
+    return (onehot.T @ probs) / onehot.sum(dim=0).clamp_min(1).unsqueeze(1)
+
+
+def class_similarity_loop(probs, labels, num_classes):
+    return torch.stack([probs[labels == k].mean(dim=0) for k in range(num_classes)])
+
+
+def class_similarity_transposed(probs, labels, num_classes):
+    return class_similarity(probs, labels, num_classes).T
+
+
+def class_similarity_sums(probs, labels, num_classes):  # forgot to divide by the class counts
+    return F.one_hot(labels, num_classes).to(probs.dtype).T @ probs
+
+
+def class_similarity_global_mean(probs, labels, num_classes):
+    return probs.mean(dim=0).expand(num_classes, num_classes)
+
+
+class HardPlusLogits(Distiller):
+    def __init__(self, student, teacher, alpha=0.5):
+        super().__init__(student, teacher)
+        self.alpha = alpha
+
+    def forward(self, x, y):
+        z_s = self.student(x)
+        return {"ce": (1 - self.alpha) * F.cross_entropy(z_s, y),
+                "mse": self.alpha * losses.logit_mse(z_s, self.teacher_logits(x))}
+
+
+class SwappedWeights(HardPlusLogits):
+    def forward(self, x, y):
+        z_s = self.student(x)
+        return {"ce": self.alpha * F.cross_entropy(z_s, y),
+                "mse": (1 - self.alpha) * losses.logit_mse(z_s, self.teacher_logits(x))}
+
+
+class SoftTargetsInsteadOfLogits(HardPlusLogits):
+    def forward(self, x, y):
+        z_s = self.student(x)
+        return {"ce": (1 - self.alpha) * F.cross_entropy(z_s, y),
+                "kd": self.alpha * losses.kd_loss(z_s, self.teacher_logits(x), 1.0)}
+
+
+class SummedMSE(HardPlusLogits):
+    def forward(self, x, y):
+        z_s = self.student(x)
+        return {"ce": (1 - self.alpha) * F.cross_entropy(z_s, y),
+                "mse": self.alpha * ((z_s - self.teacher_logits(x)) ** 2).sum()}
+
+
+class DetachedStudent(HardPlusLogits):
+    def forward(self, x, y):
+        terms = super().forward(x, y)
+        return {k: v.detach() for k, v in terms.items()}
+
+
+def test_02_class_similarity():
+    assert _verdict("02.class-similarity", class_similarity)
+    assert _verdict("02.class-similarity", class_similarity_loop)
+    r = _verdict("02.class-similarity", class_similarity_transposed)
+    assert not r and "transposed" in r.message
+    assert not _verdict("02.class-similarity", class_similarity_sums)
+    assert not _verdict("02.class-similarity", class_similarity_global_mean)
+
+
+def test_02_hard_plus_logits():
+    r = _verdict("02.hard-plus-logits", HardPlusLogits)
+    assert r, r.message
+    r = _verdict("02.hard-plus-logits", SwappedWeights)
+    assert not r and "swapped" in r.message
+    for wrong in (SoftTargetsInsteadOfLogits, SummedMSE, DetachedStudent):
+        assert not _verdict("02.hard-plus-logits", wrong), wrong.__name__
+    assert not _verdict("02.hard-plus-logits", HardPlusLogits(torch.nn.Linear(6, 4), torch.nn.Linear(6, 4)))
+    assert not _verdict("02.hard-plus-logits", lambda s, t, alpha: {})
+
+
+@pytest.mark.parametrize("exercise_id", ["01.mlp-params", "01.kd-loss", "02.class-similarity", "02.hard-plus-logits"])
+def test_unanswered(exercise_id):
+    r = _verdict(exercise_id, None)
+    assert not r and "not answered" in r.message

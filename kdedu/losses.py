@@ -26,6 +26,8 @@ __all__ = [
     "label_smoothing_loss",
     "virtual_teacher_probs",
     "virtual_teacher_loss",
+    "annealing_phi",
+    "annealing_kd_loss",
 ]
 
 _REDUCTIONS = ("batchmean", "sum", "none")
@@ -254,3 +256,38 @@ def virtual_teacher_loss(
     teacher_logits = virtual_teacher_probs(targets, c, correct_prob).log().to(student_logits)
     ce = F.cross_entropy(student_logits.reshape(-1, c), targets.reshape(-1))
     return (1.0 - a) * ce + a * kd_loss(student_logits, teacher_logits, t)
+
+
+# --------------------------------------------------------------------------------------------
+# Annealing KD (Jafari et al. 2021; seed deck 000, "Training: Annealing KD")
+# --------------------------------------------------------------------------------------------
+def annealing_phi(T: int, tau_max: int) -> float:
+    r"""The annealing factor of stage I: :math:`\Phi(T) = 1 - (T - 1) / \tau_{max}`, integers ``1 <= T <= tau_max``.
+
+    ``T = tau_max`` (the first epochs) gives the smallest factor ``1/tau_max``, a heavily damped, soft
+    teacher; ``T = 1`` (the last epochs of stage I) gives 1, the teacher's logits themselves.
+    Jafari et al. (2021), "Annealing Knowledge Distillation", eq. 4; seed deck 000.
+    """
+    for name, v in (("T", T), ("tau_max", tau_max)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise TypeError(f"{name} must be an integer, got {type(v).__name__}")
+    if tau_max < 1:
+        raise ValueError(f"tau_max must be an integer >= 1, got {tau_max}")
+    if not 1 <= T <= tau_max:
+        raise ValueError(f"T must be an integer in [1, tau_max={tau_max}], got {T}")
+    return 1.0 - (T - 1) / tau_max
+
+
+def annealing_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, phi: float) -> torch.Tensor:
+    r"""Stage I of Annealing KD: regress the student's logits on the teacher's, scaled by ``phi``.
+
+    .. math:: \mathcal{L}^{Annealing}_{KD} = \frac{1}{N C} \sum_{n, i} \big(z^s_{n,i} - \Phi(T)\, z^t_{n,i}\big)^2
+
+    The deck writes the squared L2 norm :math:`\|z_s - \Phi(T) z_t\|_2^2`; kdedu averages over
+    elements (like :func:`logit_mse`), which only rescales the learning rate. ``phi`` usually comes
+    from :func:`annealing_phi`; ``phi = 1`` is :func:`logit_mse`. Jafari et al. (2021), eq. 3.
+    """
+    _check_pair(student_logits, teacher_logits)
+    if isinstance(phi, bool) or not isinstance(phi, numbers.Real) or not math.isfinite(phi):
+        raise TypeError(f"phi must be a finite number, got {phi!r}")
+    return F.mse_loss(student_logits, phi * teacher_logits, reduction="mean")

@@ -31,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kdedu.zoo import _atomic_write, cache_dir
+from kdedu._io import atomic_write
+from kdedu.zoo import cache_dir
 
 __all__ = ["RunResult", "run", "compare", "table"]
 
@@ -85,7 +86,15 @@ def _load(path: Path, config: dict) -> dict:
         stored = json.loads(path.read_text())
         if stored.get("config") != json.loads(json.dumps(config, default=str)):
             raise ValueError("stored configuration differs")
-        return {int(k): v for k, v in stored["seeds"].items()}
+        seeds = {}
+        for k, v in stored["seeds"].items():
+            ok = (isinstance(v, dict) and isinstance(v.get("metrics"), dict)
+                  and isinstance(v.get("time_s"), (int, float))
+                  and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v["metrics"].values()))
+            if not ok:
+                raise ValueError(f"malformed entry for seed {k}")
+            seeds[int(k)] = v
+        return seeds
     except Exception as err:  # corrupt or stale file: recompute, never use it
         warnings.warn(f"kdedu.experiment: ignoring {path.name} ({err}); recomputing", stacklevel=3)
         return {}
@@ -136,7 +145,7 @@ def run(name: str, fn: Callable[[int], float | Mapping], seeds: Iterable[int] = 
         if cache:  # after every seed, so an interrupted run keeps what it finished
             blob = {"name": name, "config": json.loads(json.dumps(config, default=str)),
                     "seeds": {str(k): v for k, v in sorted(done.items())}}
-            _atomic_write(path, json.dumps(blob, indent=1).encode())
+            atomic_write(path, json.dumps(blob, indent=1).encode())
     rows = [done[s] for s in seeds]
     return RunResult(name=name, metric=metric, seeds=seeds, values=[r["metrics"][metric] for r in rows],
                      metrics=[r["metrics"] for r in rows], time_s=[r["time_s"] for r in rows], config=config,

@@ -8,9 +8,9 @@ A method with a schedule (annealing, a changing temperature) overrides :meth:`Di
 
 from __future__ import annotations
 
+import io
 import os
 import random
-import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
+
+from kdedu._io import atomic_write
 
 __all__ = ["Distiller", "History", "fit", "evaluate", "predict", "seed_everything", "default_device"]
 
@@ -134,18 +136,9 @@ def evaluate(model: nn.Module, loader: DataLoader, device=None) -> dict[str, flo
 
 
 def _atomic_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write(path, buf.getvalue())
 
 
 def _progress(iterable, enabled: bool, desc: str):

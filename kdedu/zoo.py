@@ -17,7 +17,6 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -25,6 +24,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from kdedu._io import atomic_write
 
 __all__ = ["cache_dir", "cached", "teacher", "RECIPES"]
 
@@ -39,21 +40,6 @@ def cache_dir() -> Path:
 def _key(name: str, config: dict) -> str:
     blob = json.dumps({"name": name, "config": config, "format": FORMAT}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _try_load(model: nn.Module, pt: Path, meta_path: Path, config: dict) -> dict | None:
@@ -108,8 +94,8 @@ def cached(name: str, config: dict, build: Callable[[], nn.Module],
     meta = {"name": name, "config": json.loads(json.dumps(config, default=str)), "metrics": metrics or {},
             "train_time_s": time.perf_counter() - t0, "sha256": hashlib.sha256(data).hexdigest(),
             "torch": torch.__version__}
-    _atomic_write(pt, data)
-    _atomic_write(meta_path, json.dumps(meta, indent=2).encode())  # written last: the commit marker
+    atomic_write(pt, data)
+    atomic_write(meta_path, json.dumps(meta, indent=2).encode())  # written last: the commit marker
     if verbose:
         print(f"kdedu.zoo: trained {name} in {meta['train_time_s']:.1f} s, cached at {pt}")
     return model.eval(), meta

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+import kdedu._io
 from kdedu import zoo
 
 
@@ -191,9 +192,9 @@ def test_atomic_write_leaves_no_temp_file_on_failure(tmp_path, monkeypatch):
         raise OSError("no space left on device")
 
     with monkeypatch.context() as m:
-        m.setattr(zoo.os, "replace", failing_replace)
+        m.setattr(kdedu._io.os, "replace", failing_replace)
         with pytest.raises(OSError, match="no space"):
-            zoo._atomic_write(pt, b"new weights")
+            kdedu._io.atomic_write(pt, b"new weights")
     assert (pt.read_bytes(), meta_path.read_bytes()) == before
     assert _no_temp_files(tmp_path)
 

@@ -90,7 +90,8 @@ def _load(path: Path, config: dict) -> dict:
         for k, v in stored["seeds"].items():
             ok = (isinstance(v, dict) and isinstance(v.get("metrics"), dict)
                   and isinstance(v.get("time_s"), (int, float))
-                  and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v["metrics"].values()))
+                  and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+                          for x in v["metrics"].values()))
             if not ok:
                 raise ValueError(f"malformed entry for seed {k}")
             seeds[int(k)] = v
@@ -123,8 +124,8 @@ def run(name: str, fn: Callable[[int], float | Mapping], seeds: Iterable[int] = 
     config = dict(config or {})
     path = Path(root if root is not None else cache_dir() / "experiments") / f"{name}-{_key(name, config)}.json"
     done = _load(path, config) if cache else {}
-    cached_seeds = [s for s in seeds if s in done]
-    todo = [s for s in seeds if s not in done]
+    cached_seeds = [s for s in seeds if s in done and metric in done[s]["metrics"]]
+    todo = [s for s in seeds if s not in done or metric not in done[s]["metrics"]]
     if progress and todo:
         from tqdm.auto import tqdm
 

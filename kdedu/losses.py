@@ -288,6 +288,8 @@ def annealing_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     from :func:`annealing_phi`; ``phi = 1`` is :func:`logit_mse`. Jafari et al. (2021), eq. 3.
     """
     _check_pair(student_logits, teacher_logits)
-    if isinstance(phi, bool) or not isinstance(phi, numbers.Real) or not math.isfinite(phi):
-        raise TypeError(f"phi must be a finite number, got {phi!r}")
+    if isinstance(phi, bool) or not isinstance(phi, numbers.Real):
+        raise TypeError(f"phi must be a finite number, got {type(phi).__name__}")
+    if not math.isfinite(phi):
+        raise ValueError(f"phi must be a finite number, got {phi!r}")
     return F.mse_loss(student_logits, phi * teacher_logits, reduction="mean")

@@ -21,15 +21,6 @@ digits_module = importlib.import_module("kdedu.data.digits")
 N_DIGITS = 1797
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread per test process: with pytest -n 2 on 2 cores, more threads only contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ------------------------------------------------------------------------------------------
 # the digits split
 # ------------------------------------------------------------------------------------------

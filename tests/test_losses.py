@@ -21,15 +21,6 @@ from kdedu import losses
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread per test process: with pytest -n 2 on 2 cores, more threads only contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ------------------------------------------------------------------------------------------
 # independent references (pure Python, float64)
 # ------------------------------------------------------------------------------------------

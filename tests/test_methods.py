@@ -18,20 +18,6 @@ from kdedu.models import MLP, SmallCNN
 born_again_module = importlib.import_module("kdedu.methods.born_again")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread per test process: with pytest -n 2 on 2 cores, more threads only contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def _quiet(monkeypatch):
-    monkeypatch.setenv("KDEDU_PROGRESS", "0")
-
-
 @pytest.fixture(scope="module")
 def batch():
     d = digits("train", limit=48)

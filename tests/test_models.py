@@ -11,15 +11,6 @@ from torch import nn
 from kdedu.models import MLP, ResNet, SmallCNN, count_parameters, cpu_latency, resnet
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread per test process: with pytest -n 2 on 2 cores, more threads only contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _linear_params(i, o):
     return i * o + o
 

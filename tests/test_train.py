@@ -17,20 +17,6 @@ from kdedu.models import MLP
 from kdedu.train import Distiller, History, evaluate, fit, predict, seed_everything
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread per test process: with pytest -n 2 on 2 cores, more threads only contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def _quiet(monkeypatch):
-    monkeypatch.setenv("KDEDU_PROGRESS", "0")
-
-
 def blobs(n: int, seed: int):
     """Three Gaussian blobs in 2-d: an easy, well-separated problem."""
     g = torch.Generator().manual_seed(seed)

@@ -13,15 +13,6 @@ import kdedu._io
 from kdedu import zoo
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread per test process: with pytest -n 2 on 2 cores, more threads only contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
     """Never touch the user's cache: $KDEDU_CACHE points into the test's tmp folder."""

@@ -36,7 +36,9 @@ class AnnealingKD(Distiller):
             raise TypeError("teacher must be a torch.nn.Module")
         super().__init__(student, teacher)
         for name, v in (("tau_max", tau_max), ("k", k)):
-            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+                raise TypeError(f"{name} must be an integer >= 1, got {type(v).__name__}")
+            if v < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
         self.tau_max, self.k = int(tau_max), int(k)
         self.stage, self.T, self.phi = 1, self.tau_max, losses.annealing_phi(self.tau_max, self.tau_max)

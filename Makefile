@@ -49,15 +49,15 @@ venv:
 # ---- make test ------------------------------------------------------------------------------------
 test: venv
 	@failed=""; \
-	echo "== ruff check kdedu tests"; \
-	"$(BIN)/ruff" check --output-format=concise kdedu tests || failed="$$failed lint"; \
+	echo "== ruff check kdedu tests benchmarks"; \
+	"$(BIN)/ruff" check --output-format=concise kdedu tests benchmarks || failed="$$failed lint"; \
 	$(MAKE) --no-print-directory unit || failed="$$failed unit-tests"; \
 	$(MAKE) --no-print-directory chapters || failed="$$failed chapters"; \
 	if [ -n "$$failed" ]; then echo "make test: FAILED:$$failed"; exit 1; fi; \
 	echo "make test: all passed"
 
 lint: venv
-	"$(BIN)/ruff" check --output-format=concise kdedu tests
+	"$(BIN)/ruff" check --output-format=concise kdedu tests benchmarks
 
 # unit tests and the offline MyST content check (tests/test_book.py)
 unit: venv

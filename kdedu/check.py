@@ -515,3 +515,283 @@ def _check_02_hard_plus_logits(cls):
             raise Wrong(f"at alpha={alpha} the value is right but the gradient is not (is a term detached?).")
     return ("the loss terms sum to (1 - alpha) CE + alpha MSE(logits), with the right gradients, "
             "and the teacher is frozen.")
+
+
+# --- chapter 08 --------------------------------------------------------------------
+def _ch08_number(name: str, value) -> float:
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise Wrong(f"{name} should be a number, got {type(value).__name__}.")
+    return float(value)
+
+
+@register("08.phi", hint="phi(T) = 1 - (T - 1) / tau_max: 1 at T = 1, 1 / tau_max at T = tau_max")
+def _check_08_phi(fn):
+    if not callable(fn):
+        raise Wrong(f"the answer should be a function my_phi(T, tau_max), got {type(fn).__name__}.")
+    for tau_max in (1, 4, 10, 14):
+        for T in range(1, tau_max + 1):
+            expected = (tau_max - T + 1) / tau_max  # the same formula, rearranged
+            got = _ch08_number(f"your my_phi({T}, {tau_max})", fn(T, tau_max))
+            if not math.isclose(got, expected, rel_tol=1e-9, abs_tol=1e-12):
+                if math.isclose(got, 1 - T / tau_max, abs_tol=1e-12):
+                    raise Wrong(f"my_phi({T}, {tau_max}) = {got:.4g}: that is 1 - T / tau_max, which gives 0 "
+                                "at T = tau_max and never reaches 1.", "subtract 1 from T before dividing")
+                if math.isclose(got, T / tau_max, abs_tol=1e-12):
+                    raise Wrong(f"my_phi({T}, {tau_max}) = {got:.4g}: phi must fall as T grows "
+                                "(T = tau_max is the most damped teacher).")
+                close(f"your my_phi({T}, {tau_max})", got, expected, rel=1e-9, abs_=1e-12)
+    return "phi(T) = 1 - (T - 1) / tau_max: from 1 / tau_max at T = tau_max up to 1 at T = 1."
+
+
+@register("08.schedule", hint="start at tau_max and hold each temperature for k consecutive epochs, down to 1")
+def _check_08_schedule(fn):
+    if not callable(fn):
+        raise Wrong(f"the answer should be a function temperatures(tau_max, k), got {type(fn).__name__}.")
+    for tau_max, k in ((10, 1), (4, 3), (7, 2), (1, 5)):
+        expected = [tau_max - epoch // k for epoch in range(k * tau_max)]
+        got = fn(tau_max, k)
+        try:
+            got = [int(v) for v in (got.tolist() if isinstance(got, torch.Tensor) else got)]
+        except (TypeError, ValueError):
+            raise Wrong(f"temperatures({tau_max}, {k}) should return a list of integers, "
+                        f"got {type(got).__name__}.") from None
+        if got == expected:
+            continue
+        if len(got) != len(expected):
+            raise Wrong(f"temperatures({tau_max}, {k}) has {len(got)} epochs; stage I lasts k * tau_max = "
+                        f"{len(expected)}.")
+        if got == expected[::-1]:
+            raise Wrong(f"temperatures({tau_max}, {k}) runs upwards; stage I starts at T = tau_max "
+                        "(the most damped teacher) and ends at T = 1.")
+        if sorted(got) == sorted(expected):
+            raise Wrong(f"temperatures({tau_max}, {k}) = {got}: the right values in the wrong order; "
+                        "each temperature is held for k consecutive epochs.")
+        raise Wrong(f"temperatures({tau_max}, {k}) = {got}, expected {len(expected)} epochs from {tau_max} down to 1.")
+    return "T = tau_max, ..., 1, each for k epochs: k * tau_max epochs of stage I."
+
+
+@register("08.gradient", hint="differentiate mean((z_s - phi z_t)^2) over all N*C elements: 2 (z_s - phi z_t) / (N C)")
+def _check_08_gradient(fn):
+    if not callable(fn):
+        raise Wrong(f"the answer should be a function annealing_grad(z_s, z_t, phi), got {type(fn).__name__}.")
+    g = torch.Generator().manual_seed(8)
+    for shape, phi in (((6, 10), 0.1), ((3, 5), 0.55), ((4, 7), 1.0)):
+        z_s = torch.randn(*shape, generator=g, dtype=torch.float64)
+        z_t = 4 * torch.randn(*shape, generator=g, dtype=torch.float64)
+        leaf = z_s.clone().requires_grad_(True)
+        (expected,) = torch.autograd.grad(((leaf - phi * z_t) ** 2).mean(), leaf)  # autograd, from the definition
+        got = fn(z_s.clone(), z_t.clone(), phi)
+        if isinstance(got, torch.Tensor) and got.shape == expected.shape:
+            got64, n = got.detach().double(), z_s.numel()
+            if torch.allclose(got64, -expected):
+                raise Wrong("the sign is flipped: the gradient points from the target phi * z_t towards z_s.")
+            if torch.allclose(got64, expected * n):
+                raise Wrong("that is the gradient of the deck's squared norm (a sum); kdedu's loss is the mean over "
+                            "all N * C elements, so divide by z_s.numel().")
+            if torch.allclose(got64, expected / 2):
+                raise Wrong("the factor 2 of the square's derivative is missing.")
+            if torch.allclose(got64, expected * shape[-1]) or torch.allclose(got64, expected * shape[0]):
+                raise Wrong("the normalisation is off: the mean is over all N * C elements, not over one dimension.")
+        same_tensor(f"your annealing_grad on logits of shape {shape}, phi = {phi}", got, expected, atol=1e-9)
+    return "d/dz_s mean((z_s - phi z_t)^2) = 2 (z_s - phi z_t) / (N C): it vanishes at z_s = phi z_t."
+
+
+@register("08.effective-T", hint="softmax(phi z) = softmax(z / (1 / phi)): find the T whose phi(T) is 1/2")
+def _check_08_effective_T(answer):
+    tau_max, target = 10, 2.0
+    expected = next(T for T in range(1, tau_max + 1) if math.isclose(1 / (1 - (T - 1) / tau_max), target))
+    got = _ch08_number("your step T", answer)
+    if math.isclose(got, target) and expected != target:
+        raise Wrong("T = 2 is the schedule's step, not a softmax temperature: at T = 2, phi = 0.9, which is a "
+                    "softmax temperature of 1 / 0.9.")
+    if math.isclose(got, 1 / target):
+        raise Wrong("0.5 is the factor phi you need; the question asks for the step T of the schedule that gives it.")
+    close("your step T", got, expected, rel=0, abs_=1e-9)
+    return f"phi({expected}) = 1/2, so the annealed teacher at T = {expected} is the teacher at softmax temperature 2."
+
+
+# --- chapter 07 --------------------------------------------------------------------
+@register("07.assistant-size", hint="the middle on a log scale is the geometric mean sqrt(p_teacher * p_student); "
+                                    "pick the candidate with the smallest |log(p / middle)|")
+def _check_07_assistant_size(fn):
+    if not callable(fn):
+        raise Wrong(f"the answer should be a function pick_assistant(p_teacher, p_student, candidates), "
+                    f"got {type(fn).__name__}.")
+    g = torch.Generator().manual_seed(7)
+    cases = [(307210, 1210, [4810, 19210, 76810]),  # the chapter's MLP ladder
+             (1_000_000, 100, [5_500, 15_000]),      # the log scale and the linear scale disagree here
+             (1_700_000, 78_000, [270_000, 850_000, 120_000])]
+    for _ in range(5):
+        p_s = int(torch.randint(100, 10_000, (1,), generator=g))
+        p_t = p_s * int(torch.randint(20, 2_000, (1,), generator=g))
+        cands = sorted({int(p_s * (p_t / p_s) ** float(u)) for u in torch.rand(4, generator=g)})
+        cases.append((p_t, p_s, cands))
+    for p_t, p_s, cands in cases:
+        log_mid = (math.log(p_t) + math.log(p_s)) / 2
+        expected = min(cands, key=lambda p: abs(math.log(p) - log_mid))
+        got = fn(p_t, p_s, list(cands))
+        if isinstance(got, torch.Tensor) and got.numel() == 1:
+            got = got.item()
+        if not isinstance(got, (int, float)):
+            raise Wrong(f"pick_assistant should return one of the candidates (a number), got {type(got).__name__}.")
+        if math.isclose(got, expected, rel_tol=1e-9):
+            continue
+        by_linear = min(cands, key=lambda p: abs(p - math.exp(log_mid)))
+        by_arithmetic = min(cands, key=lambda p: abs(math.log(p) - math.log((p_t + p_s) / 2)))
+        if math.isclose(got, by_linear, rel_tol=1e-9):
+            raise Wrong(f"for p_teacher={p_t}, p_student={p_s}, candidates={cands} you picked {got}: closest to the "
+                        "geometric mean on a linear scale. Measure the distance on a log scale (by the ratio).")
+        if math.isclose(got, by_arithmetic, rel_tol=1e-9):
+            raise Wrong(f"for p_teacher={p_t}, p_student={p_s}, candidates={cands} you picked {got}, near the "
+                        "arithmetic mean (p_teacher + p_student) / 2; use the geometric mean.")
+        if not any(math.isclose(got, c, rel_tol=1e-9) for c in cands):
+            raise Wrong(f"for candidates={cands} you returned {got}, which is not one of the candidates.")
+        raise Wrong(f"for p_teacher={p_t}, p_student={p_s}, candidates={cands} you picked {got}, expected {expected}.")
+    return "picks the candidate closest to sqrt(p_teacher * p_student) on a log scale."
+
+
+def _ch07_predictions(seed: int, n: int = 300, c: int = 10):
+    """Labels and two correlated predictions: the lower network copies many of the upper network's answers."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, c, (n,), generator=g)
+
+    def noisy(p):  # the labels, with a fraction p replaced by a random class
+        return torch.where(torch.rand(n, generator=g) < p, torch.randint(0, c, (n,), generator=g), labels)
+
+    upper = noisy(0.3)
+    lower = torch.where(torch.rand(n, generator=g) < 0.5, upper, noisy(0.3))
+    return upper, lower, labels
+
+
+@register("07.inherited-share", hint="divide the number of the lower network's errors that equal the upper "
+                                     "network's prediction by the number of the lower network's errors")
+def _check_07_inherited_share(fn):
+    if not callable(fn):
+        raise Wrong(f"the answer should be a function inherited_share(upper_pred, lower_pred, labels), "
+                    f"got {type(fn).__name__}.")
+    for seed in range(4):
+        upper, lower, labels = _ch07_predictions(seed)
+        lower_wrong = copied = both_wrong = upper_wrong = 0  # an explicit loop over the examples
+        for u, s, y in zip(upper.tolist(), lower.tolist(), labels.tolist(), strict=True):
+            lower_wrong += s != y
+            upper_wrong += u != y
+            copied += s != y and s == u
+            both_wrong += s != y and u != y
+        expected = copied / max(lower_wrong, 1)
+        got = fn(upper.clone(), lower.clone(), labels.clone())
+        value = got.item() if isinstance(got, torch.Tensor) and got.numel() == 1 else got
+        if isinstance(value, (int, float)) and not math.isclose(value, expected, rel_tol=1e-6, abs_tol=1e-9):
+            if math.isclose(value, copied / max(upper_wrong, 1), rel_tol=1e-6):
+                raise Wrong("you divided by the upper network's errors: that is the share of the upper network's "
+                            "errors that reach the lower one (the chapter's error table). Divide by the lower "
+                            "network's errors.")
+            if math.isclose(value, both_wrong / max(lower_wrong, 1), rel_tol=1e-6):
+                raise Wrong("you counted every error of the lower network where the upper one is also wrong; an "
+                            "inherited error must be the *same* wrong class as the upper network's.")
+            if math.isclose(value, 100 * expected, rel_tol=1e-6):
+                raise Wrong(f"{value} looks like a percentage; return a fraction between 0 and 1.")
+        close(f"your inherited_share (example {seed + 1})", got, expected, rel=1e-6, abs_=1e-9)
+    labels = torch.arange(10)
+    got = fn(labels.flip(0), labels.clone(), labels.clone())  # the lower network makes no error
+    close("your inherited_share when the lower network makes no error", got, 0.0, rel=0, abs_=1e-9)
+    return "the share of the lower network's errors that copy the upper network's errors."
+
+
+@register("07.chain-epochs", hint="count the networks of the chain: the teacher, the assistants and the student "
+                                  "each train once for `epochs` epochs")
+def _check_07_chain_epochs(fn):
+    if not callable(fn):
+        raise Wrong(f"the answer should be a function chain_epochs(num_assistants, epochs), got {type(fn).__name__}.")
+    for m, e in ((1, 200), (0, 30), (2, 150), (3, 7)):
+        networks = ["teacher"] + [f"assistant {i + 1}" for i in range(m)] + ["student"]
+        expected = sum(e for _ in networks)
+        got = fn(m, e)
+        value = got.item() if isinstance(got, torch.Tensor) and got.numel() == 1 else got
+        if isinstance(value, (int, float)) and not math.isclose(value, expected):
+            if math.isclose(value, expected - e):
+                raise Wrong(f"chain_epochs({m}, {e}) = {value}: one network is missing (the teacher trains too).")
+            if math.isclose(value, expected - 2 * e):
+                raise Wrong(f"chain_epochs({m}, {e}) = {value}: the teacher and the student train too.")
+        close(f"chain_epochs({m}, {e})", got, expected, rel=1e-9, abs_=1e-9)
+    return "(num_assistants + 2) * epochs: the teacher, every assistant and the student each train once."
+
+
+# --- chapter 19 --------------------------------------------------------------------
+def _ch19_per_logit(measure, n: int = 32, v: int = 1024) -> float:
+    """Bytes per logit that ``measure(s, t)`` reports for bf16 logits of shape (n, v)."""
+    g = torch.Generator().manual_seed(19)
+    s = torch.randn(n, v, generator=g).to(torch.bfloat16).requires_grad_(True)
+    t = torch.randn(n, v, generator=g).to(torch.bfloat16)
+    return measure(s, t) / (n * v)
+
+
+@register("19.fused-bytes", hint="forward: read the student's and the teacher's logits once, write the student's "
+                                 "gradient once; backward: read that gradient and write it scaled; bf16 is 2 bytes")
+def _check_19_fused_bytes(answer):
+    from kdedu.kernels import bench, fused_kd_loss
+
+    def fused_traffic(s, t):  # the fused loss's operators, counted by the dispatcher, [N, V]-sized ones only
+        ops = bench.traffic(lambda a, b: fused_kd_loss(a, b, 2.0), s, t)
+        return sum(op.bytes for op in ops if op.largest >= s.numel())
+
+    expected = round(_ch19_per_logit(fused_traffic))  # the per-row loss and scale vectors add ~4/V bytes
+    if isinstance(answer, (int, float)) and not isinstance(answer, bool):
+        if math.isclose(answer, expected * 3 / 5, rel_tol=0.05):
+            raise Wrong(f"{answer} bytes is the forward pass only: the backward pass reads the stored gradient "
+                        "and writes it scaled by the incoming gradient.")
+        if math.isclose(answer, 2 * expected, rel_tol=0.05):
+            raise Wrong(f"{answer} bytes would be float32 logits (4 bytes); these are bf16 (2 bytes).")
+    close("your bytes per logit", answer, expected, rel=0.05)
+    return (f"{expected} bytes per logit: 3 accesses in the forward pass and 2 in the backward, 2 bytes each "
+            "(if the second sweep over a row is served by the cache).")
+
+
+@register("19.eager-memory", hint="the eager loss keeps the two log_softmax outputs (one per model) for its backward "
+                                  "pass, each N x V in the logits' dtype; 1 GiB = 2**30 bytes")
+def _check_19_eager_memory(answer):
+    from kdedu.kernels import bench
+
+    per_logit = _ch19_per_logit(lambda s, t: bench.held_bytes(lambda a, b: bench.eager_kd_loss(a, b, 2.0), s, t))
+    n, v = 8192, 128256
+    expected = per_logit * n * v / 2**30  # measured on small logits; the saved tensors grow like N x V
+    if isinstance(answer, (int, float)) and not isinstance(answer, bool):
+        if math.isclose(answer, expected * 2**30 / 1e9, rel_tol=0.02):
+            raise Wrong(f"{answer} is in GB (10^9 bytes); the exercise asks for GiB (2^30 bytes).")
+        if math.isclose(answer, 2 * expected, rel_tol=0.02):
+            raise Wrong(f"{answer} GiB would be float32 copies; with bf16 logits the saved tensors are bf16.")
+        if math.isclose(answer, expected / 2, rel_tol=0.02):
+            raise Wrong(f"{answer} GiB is one copy; autograd saves the log-probabilities of both models.")
+    close("your memory in GiB", answer, expected, rel=0.02)
+    return (f"{expected:.2f} GiB: two bf16 copies of the [8192, 128256] logits, kept from the forward to the "
+            "backward pass (the fused kernel keeps one: its gradient).")
+
+
+@register("19.online-logsumexp", hint="keep a running max m and sum d = sum exp(x - m) per row; for each block, "
+                                      "m_new = max(m, block max), d = d * exp(m - m_new) + sum exp(x - m_new), and "
+                                      "shift by 0 instead of m_new while m_new is still -inf")
+def _check_19_online_logsumexp(fn):
+    if not callable(fn):
+        raise Wrong(f"the answer should be a function online_logsumexp(x, block_size), got {type(fn).__name__}.")
+    g = torch.Generator().manual_seed(19)
+    x = 3 * torch.randn(5, 37, generator=g, dtype=torch.float64)
+    for block in (8, 5, 37, 64):  # blocks that do and do not divide the row, one block, larger than the row
+        same_tensor(f"your online_logsumexp(x of shape (5, 37), block_size={block})", fn(x.clone(), block),
+                    torch.logsumexp(x, dim=-1), atol=1e-9, rtol=1e-9)
+    big = 1e4 * torch.randn(3, 20, generator=g, dtype=torch.float64)
+    got = fn(big.clone(), 6)
+    if isinstance(got, torch.Tensor) and not torch.isfinite(got).all():
+        raise Wrong("your function returns inf/nan for logits of size 1e4: exp overflows.",
+                    "subtract the running maximum before torch.exp, and rescale the sum when the maximum grows")
+    same_tensor("your online_logsumexp on logits of size 1e4", got, torch.logsumexp(big, dim=-1), atol=1e-6, rtol=1e-9)
+    padded = 3 * torch.randn(4, 30, generator=g, dtype=torch.float64)
+    padded[:, :12] = float("-inf")  # the first blocks hold only -inf (a masked prefix)
+    padded[:, 25:] = float("-inf")  # and so does the tail (a vocabulary padded with -inf)
+    got = fn(padded.clone(), 6)
+    if isinstance(got, torch.Tensor) and torch.isnan(got).any():
+        raise Wrong("your function returns nan when a whole block is -inf: exp(-inf - (-inf)) is nan.",
+                    "while the running maximum is -inf, rescale by 0 (or shift by 0 instead of by the maximum)")
+    same_tensor("your online_logsumexp on rows that start and end with -inf blocks", got,
+                torch.logsumexp(padded, dim=-1), atol=1e-9, rtol=1e-9)
+    return "matches torch.logsumexp for every block size, for logits of size 1e4, and across blocks of -inf."

@@ -195,7 +195,7 @@ def test_06_ensemble_acc_wrong(answer, needle):
 
 def test_06_ensemble_acc_wrong_rules_really_differ():
     """The checker's data must tell the three ensemble rules apart, or it could not catch the wrong ones."""
-    logits = check._ch06_logits(3, 4)
+    logits = check.ch06._ch06_logits(3, 4)
     labels = ensemble_probs(logits).argmax(-1)
     rules = {ensemble_accuracy(logits, labels), ensemble_accuracy_by_logits(logits, labels),
              ensemble_accuracy_by_vote(logits, labels)}

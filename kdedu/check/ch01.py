@@ -1,0 +1,86 @@
+"""Auto-checks for the exercises of chapter 01 (registered with :func:`kdedu.check.register`)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from kdedu.check import Wrong, register
+
+
+@register("01.mlp-params", hint="a layer from a to b units has a*b weights and b biases; sum over consecutive widths")
+def _check_01_mlp_params(fn):
+    if not callable(fn):
+        raise Wrong(f"the answer should be a function mlp_params(in_features, hidden, num_classes), "
+                    f"got {type(fn).__name__}.")
+    import numbers
+
+    from torch import nn
+
+    for in_features, hidden, num_classes in ((64, (), 10), (64, (64,), 10), (64, (512, 512), 10),
+                                             (784, (1200, 1200), 10), (20, (7, 5, 3), 4)):
+        widths = [in_features, *hidden, num_classes]
+        layers = [nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True)]  # built, then counted
+        expected = sum(p.numel() for layer in layers for p in layer.parameters())
+        weights_only = sum(layer.weight.numel() for layer in layers)
+        got = fn(in_features, hidden, num_classes)
+        call = f"mlp_params({in_features}, {hidden}, {num_classes})"
+        if isinstance(got, bool) or not isinstance(got, numbers.Real):
+            raise Wrong(f"your {call} should return a number, got {type(got).__name__}.")
+        if got == weights_only:
+            raise Wrong(f"your {call} = {got} counts the weights but not the biases.")
+        if got != expected:
+            raise Wrong(f"your {call} = {got}, but that MLP has {expected} parameters.")
+    return "matches the parameter count of every MLP tried, from a linear model to Hinton's 784-1200-1200-10."
+
+
+def _ch01_kd_inputs(seed: int):
+    g = torch.Generator().manual_seed(seed)
+    z_s = torch.randn(16, 10, generator=g, dtype=torch.float64)
+    z_t = 3 * torch.randn(16, 10, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 10, (16,), generator=g)
+    return z_s, z_t, y
+
+
+@register("01.kd-loss", hint="(1 - alpha) * CE(z_s, y) + alpha * T**2 * mean over rows of -sum_i p_t,i log p_s,i, "
+                             "with p = softmax(z / T)")
+def _check_01_kd_loss(fn):
+    if not callable(fn):
+        raise Wrong(f"the answer should be a function distillation_loss_ce(z_s, z_t, y, alpha, T), "
+                    f"got {type(fn).__name__}.")
+    for seed, (alpha, T) in enumerate(((0.5, 4.0), (0.9, 2.0), (1.0, 1.0), (0.0, 3.0), (0.3, 10.0))):
+        z_s, z_t, y = _ch01_kd_inputs(seed)
+        # the expected value and gradient, written out independently of kdedu.losses
+        zs = z_s.clone().requires_grad_(True)
+        log_ps, log_pt = torch.log_softmax(zs / T, dim=-1), torch.log_softmax(z_t / T, dim=-1)
+        p_t = log_pt.exp()
+        ce = -torch.log_softmax(zs, dim=-1)[torch.arange(len(y)), y].mean()
+        cross = -(p_t * log_ps).sum(dim=-1).mean()           # H(p_t, p_s)
+        entropy = -(p_t * log_pt).sum(dim=-1).mean()         # H(p_t), a constant
+        expected = (1 - alpha) * ce + alpha * T * T * cross
+        (grad,) = torch.autograd.grad(expected, zs)
+        expected_kl = expected - alpha * T * T * entropy
+        zs2 = z_s.clone().requires_grad_(True)
+        got = fn(zs2, z_t.clone(), y.clone(), alpha, T)
+        what = f"your loss at alpha={alpha}, T={T}"
+        if not isinstance(got, torch.Tensor) or got.numel() != 1:
+            raise Wrong(f"{what} should be a scalar tensor, got {type(got).__name__}"
+                        + (f" of shape {tuple(got.shape)}" if isinstance(got, torch.Tensor) else "") + ".",
+                        "average over the batch (the rows)")
+        if not got.requires_grad:
+            raise Wrong(f"{what} has no gradient with respect to z_s (did you detach it or use .item()?).")
+        (got_grad,) = torch.autograd.grad(got, zs2)
+        value = got.item()
+        if math.isclose(value, expected_kl.item(), rel_tol=1e-4, abs_tol=1e-6) and alpha > 0 and \
+                not math.isclose(expected_kl.item(), expected.item(), rel_tol=1e-4):
+            raise Wrong(f"{what} equals the KL form of eq. (eq-distillation-loss): right gradient, but the "
+                        "exercise asks for the cross-entropy H(p_t, p_s) = -sum p_t log p_s.")
+        if alpha > 0 and T != 1 and math.isclose(value, ((1 - alpha) * ce + alpha * cross).item(), rel_tol=1e-4):
+            raise Wrong(f"{what} is missing the T**2 factor on the soft term.")
+        if not math.isclose(value, expected.item(), rel_tol=1e-4, abs_tol=1e-6):
+            raise Wrong(f"{what} = {value:.6g}, expected {expected.item():.6g}.")
+        if not torch.allclose(got_grad.double(), grad, rtol=1e-4, atol=1e-7):
+            raise Wrong(f"{what} has the right value but the wrong gradient with respect to z_s.")
+    return ("value and gradient match for every alpha and T tried. The value differs from the KL form by "
+            "alpha T^2 H(p_t), a constant: the gradients, and so the training, are the same.")

@@ -1,0 +1,81 @@
+"""Auto-checks for the exercises of chapter 02 (registered with :func:`kdedu.check.register`)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from kdedu.check import Wrong, close, register, same_tensor
+
+
+@register("02.class-similarity", hint="row k is probs[labels == k].mean(dim=0); stack the C rows into a (C, C) matrix")
+def _check_02_class_similarity(fn):
+    if not callable(fn):
+        raise Wrong(f"the answer should be a function class_similarity(probs, labels, num_classes), "
+                    f"got {type(fn).__name__}.")
+    g = torch.Generator().manual_seed(2)
+    for n, c in ((50, 4), (200, 10)):
+        probs = torch.softmax(3 * torch.randn(n, c, generator=g, dtype=torch.float64), dim=-1)
+        labels = torch.randint(0, c, (n,), generator=g)
+        expected = torch.zeros(c, c, dtype=torch.float64)  # an explicit loop over the examples
+        counts = [0] * c
+        for row, k in zip(probs, labels.tolist(), strict=True):
+            expected[k] += row
+            counts[k] += 1
+        for k in range(c):
+            expected[k] /= max(counts[k], 1)
+        got = fn(probs.clone(), labels.clone(), c)
+        if isinstance(got, torch.Tensor) and got.shape == (c, c) and \
+                torch.allclose(got.double(), expected.T, atol=1e-6):
+            raise Wrong("your matrix is transposed: row k (not column k) should be the average over the "
+                        "examples whose true label is k.")
+        same_tensor(f"your class_similarity(probs of shape ({n}, {c}), labels, {c})", got, expected)
+    return "matches the per-class average of the probabilities: row k is the teacher's average answer for a k."
+
+
+@register("02.hard-plus-logits", hint="subclass kdedu.train.Distiller; forward returns {'ce': (1 - alpha) * CE, "
+                                      "'mse': alpha * mean squared error of the logits}")
+def _check_02_hard_plus_logits(cls):
+    from torch import nn
+
+    from kdedu.train import Distiller
+
+    if not (isinstance(cls, type) and issubclass(cls, Distiller)):
+        raise Wrong(f"the answer should be a class derived from kdedu.train.Distiller, got {cls!r}.")
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(12, 6, generator=g)
+    y = torch.randint(0, 4, (12,), generator=g)
+    for alpha in (0.3, 0.0, 1.0):
+        torch.manual_seed(0)
+        student, teacher = nn.Linear(6, 4), nn.Linear(6, 4)
+        with torch.no_grad():
+            teacher.weight.mul_(5.0)  # a teacher whose logits differ clearly from the student's
+        method = cls(student, teacher, alpha=alpha)
+        terms = method(x, y)
+        if not isinstance(terms, dict) or not terms:
+            raise Wrong(f"forward(x, y) should return a dict of named loss terms, got {type(terms).__name__}.")
+        total = sum(terms.values())
+        # expected, written out by hand
+        z_s, z_t = student(x), teacher(x).detach()
+        ce = -torch.log_softmax(z_s, dim=-1)[torch.arange(12), y].mean()
+        mse = ((z_s - z_t) ** 2).sum() / z_s.numel()
+        expected = (1 - alpha) * ce + alpha * mse
+        if not isinstance(total, torch.Tensor) or total.numel() != 1:
+            raise Wrong("the loss terms should be scalar tensors.")
+        swapped = (alpha * ce + (1 - alpha) * mse).item()
+        if alpha not in (0.0, 1.0) and math.isclose(total.item(), swapped, rel_tol=1e-4):
+            raise Wrong(f"at alpha={alpha} the weights are swapped: alpha multiplies the logit term, "
+                        "1 - alpha the labels.")
+        close(f"the sum of your loss terms at alpha={alpha}", total.detach(), expected.item(), rel=1e-4)
+        if any(p.requires_grad for p in teacher.parameters()):
+            raise Wrong("the teacher's parameters still require gradients: call super().__init__(student, teacher), "
+                        "which freezes the teacher.")
+        if not total.requires_grad:
+            raise Wrong(f"at alpha={alpha} your loss terms have no gradient (detached, or computed with .item()?).")
+        (grad,) = torch.autograd.grad(total, student.weight)
+        (expected_grad,) = torch.autograd.grad(expected, student.weight)
+        if not torch.allclose(grad, expected_grad, rtol=1e-4, atol=1e-6):
+            raise Wrong(f"at alpha={alpha} the value is right but the gradient is not (is a term detached?).")
+    return ("the loss terms sum to (1 - alpha) CE + alpha MSE(logits), with the right gradients, "
+            "and the teacher is frozen.")

@@ -23,6 +23,7 @@ import hashlib
 import json
 import math
 import numbers
+import os
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -102,7 +103,8 @@ def _load(path: Path, config: dict) -> dict:
 
 
 def run(name: str, fn: Callable[[int], float | Mapping], seeds: Iterable[int] = range(5), config: dict | None = None,
-        metric: str = "acc", cache: bool = True, root: str | Path | None = None, progress: bool = True) -> RunResult:
+        metric: str = "acc", cache: bool = True, root: str | Path | None = None,
+        progress: bool | None = None) -> RunResult:
     """Run ``fn(seed)`` for every seed and collect ``metric`` from what it returns.
 
     Args:
@@ -112,7 +114,7 @@ def run(name: str, fn: Callable[[int], float | Mapping], seeds: Iterable[int] = 
         config: everything that determines the results (JSON-serialisable); the cache key.
         metric: the dict key to summarise.
         cache: reuse and store per-seed results under ``root`` (default ``$KDEDU_CACHE/experiments``).
-        progress: a ``tqdm`` bar over seeds.
+        progress: a ``tqdm`` bar over seeds (default: on, unless ``$KDEDU_PROGRESS=0``).
     """
     if not callable(fn):
         raise TypeError(f"fn must be a callable fn(seed) -> dict | float, got {type(fn).__name__}")
@@ -126,6 +128,8 @@ def run(name: str, fn: Callable[[int], float | Mapping], seeds: Iterable[int] = 
     done = _load(path, config) if cache else {}
     cached_seeds = [s for s in seeds if s in done and metric in done[s]["metrics"]]
     todo = [s for s in seeds if s not in done or metric not in done[s]["metrics"]]
+    if progress is None:
+        progress = os.environ.get("KDEDU_PROGRESS", "1") != "0"
     if progress and todo:
         from tqdm.auto import tqdm
 

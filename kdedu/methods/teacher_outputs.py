@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from kdedu.data.text import LengthGroupedBatches, trim_padding
 from kdedu.train import Distiller
 
 __all__ = ["TeacherBatch", "teacher_outputs", "precompute_teacher", "TransformerDistiller", "skip_map",
@@ -153,25 +154,34 @@ class _Collate:
         for name in ("logits", "hidden", "attentions"):  # stored compactly, computed with in float32
             if name in part:
                 part[name] = part[name].float()
+        width = trim_padding(part["attention_mask"])  # drop the columns that are padding in every row
+        part["input_ids"], part["attention_mask"] = part["input_ids"][:, :width], part["attention_mask"][:, :width]
+        if part.get("hidden") is not None and not s.cls_only:
+            part["hidden"] = part["hidden"][:, :, :width]
+        if part.get("attentions") is not None:
+            part["attentions"] = part["attentions"][..., :width, :width]
         return replace(s, **part), self.y[i]
 
 
 def precompute_teacher(teacher: nn.Module, loader: DataLoader, hidden_layers: Sequence[int] = (),
                        cls_only: bool = True, attention_layers: Sequence[int] = (), batch_size: int | None = None,
                        shuffle: bool = True, seed: int = 0, dtype: torch.dtype = torch.float32,
-                       device=None) -> DataLoader:
+                       device=None, group_by_length: bool = False) -> DataLoader:
     """Run the frozen ``teacher`` once over ``loader`` and return a loader of ``(TeacherBatch, y)``.
 
     Args:
         teacher: a :class:`~kdedu.models.SequenceClassifier` (MiniLM from :func:`kdedu.zoo.text_teacher`).
         loader: batches of ``(input_ids (B, L), y)``, e.g. :func:`kdedu.data.text_loader`; the attention
-            mask is rebuilt from the padding id. Every batch must have the same width L (text_loader pads
-            a whole split to one width).
+            mask is rebuilt from the padding id. Batches may differ in width (right padding).
         hidden_layers, cls_only, attention_layers: what to keep (pass ``**method.teacher_needs``).
         batch_size, shuffle, seed: of the returned loader (default: the input loader's batch size;
             shuffled with a seeded generator, so runs repeat).
         dtype: storage type of logits/states/maps (``torch.float16`` halves the memory); batches come
             back in float32.
+        group_by_length: batch sentences of similar length together
+            (:class:`kdedu.data.text.LengthGroupedBatches`). Every batch is cut to its longest sentence
+            either way (the padding columns are dropped from the ids, mask, token states and maps; a
+            BERT's outputs on the real tokens do not depend on them).
 
     Memory: N x (C + n x H) floats with ``cls_only``, N x (C + n x L x H) without, plus
     N x m x heads x L x L for attention maps.
@@ -184,26 +194,41 @@ def precompute_teacher(teacher: nn.Module, loader: DataLoader, hidden_layers: Se
         if isinstance(x, TeacherBatch):
             raise TypeError("loader already yields TeacherBatch objects: it is precomputed")
         out = teacher_outputs(teacher, x.to(device), None, hidden_layers, cls_only, attention_layers)
-        if parts and out.input_ids.shape[1] != parts[0].input_ids.shape[1]:
-            raise ValueError(f"batches have different widths ({parts[0].input_ids.shape[1]} and "
-                             f"{out.input_ids.shape[1]}): tokenize the whole split at once (kdedu.data.text_loader)")
         parts.append(out.to("cpu"))
         ys.append(y)
     if not parts:
         raise ValueError("loader is empty")
+    width = max(p.input_ids.shape[1] for p in parts)  # batches may differ in width: right-pad them to one
+    pad_id = getattr(teacher, "pad_token_id", 0)
+    token_dims = {"input_ids": (1,), "attention_mask": (1,), "hidden": () if cls_only else (2,),
+                  "attentions": (3, 4), "logits": ()}
 
     def cat(name):
         values = [getattr(p, name) for p in parts]
         if values[0] is None:
             return None
-        t = torch.cat(values)
+        padded = []
+        for t in values:
+            for d in token_dims[name]:
+                extra = width - t.shape[d]
+                if extra:
+                    shape = list(t.shape)
+                    shape[d] = extra
+                    t = torch.cat([t, t.new_full(shape, pad_id if name == "input_ids" else 0)], d)
+            padded.append(t)
+        t = torch.cat(padded)
         return t.to(dtype) if t.is_floating_point() else t
 
     store = replace(parts[0], **{name: cat(name) for name in ("input_ids", "attention_mask", "logits", "hidden",
                                                               "attentions")})
+    batch_size = batch_size or loader.batch_size or getattr(loader.batch_sampler, "batch_size", None) or 32
+    collate = _Collate(store, torch.cat(ys), dtype)
+    if group_by_length:
+        sampler = LengthGroupedBatches(store.attention_mask.sum(1), batch_size, shuffle=shuffle, seed=seed)
+        return DataLoader(list(range(len(store))), batch_sampler=sampler, collate_fn=collate)
     generator = torch.Generator().manual_seed(seed) if shuffle else None
-    return DataLoader(list(range(len(store))), batch_size=batch_size or loader.batch_size or 32, shuffle=shuffle,
-                      generator=generator, collate_fn=_Collate(store, torch.cat(ys), dtype))
+    return DataLoader(list(range(len(store))), batch_size=batch_size, shuffle=shuffle, generator=generator,
+                      collate_fn=collate)
 
 
 def skip_map(num_student: int, num_teacher: int, last: bool = False) -> dict[int, int]:

@@ -167,7 +167,7 @@ def teacher(name: str = "digits-cnn", seed: int = 0, root: str | os.PathLike | N
 # ------------------------------------------------------------------------------------------
 TEXT_RECIPES: dict[str, dict] = {
     # the pretrained MiniLM-L6 encoder; its top `train_layers` blocks + the head are fine-tuned
-    "sentiment-minilm": {"arch": "minilm", "pooling": "mean", "train_layers": 1, "num_epochs": 2, "lr": 3e-4,
+    "sentiment-minilm": {"arch": "minilm", "pooling": "cls", "train_layers": 1, "num_epochs": 2, "lr": 3e-4,
                          "batch_size": 32, "max_length": 64, "limit": None, "dropout": 0.1, "data_seed": 0},
     # a tiny randomly initialised BERT with a word tokenizer: for tests and quick experiments
     "sentiment-tiny": {"arch": "tiny", "pooling": "cls", "train_layers": 2, "num_epochs": 3, "lr": 2e-3,
@@ -232,13 +232,13 @@ def text_teacher(name: str = "sentiment-minilm", seed: int = 0, root: str | os.P
     """The fine-tuned sentiment teacher of Part III: a :class:`~kdedu.models.SequenceClassifier`, frozen.
 
     ``"sentiment-minilm"``: the pretrained MiniLM-L6-H384 (:func:`kdedu.models.load_minilm`) with
-    mean pooling and a linear head, trained on the synthetic corpus' train split
-    (:func:`kdedu.data.sentiment`). Not a full fine-tune: the embeddings and blocks 1-5 stay frozen at
-    their pretrained values and the **top block + the head** are trained (2 epochs, batch 32, AdamW,
-    lr 3e-4, linear decay), with the frozen part run once (see :func:`_finetune_top`). Measured on a busy
-    2-core CPU: about 50 s the first time (val/test accuracy 0.77/0.79, Bayes-optimal 0.83/0.85), then
-    a few seconds to load. Training the top 2 blocks for 3 epochs reaches 0.82/0.82 but took ~3 min
-    there, over a chapter's budget; ``train_layers=6`` fine-tunes every block (minutes per epoch).
+    a linear head on the [CLS] vector (BERT's convention, which the layer losses of PKD, CKD and ALP-KD
+    assume), trained on the synthetic corpus' train split (:func:`kdedu.data.sentiment`). Not a full
+    fine-tune: the embeddings and blocks 1-5 stay frozen at their pretrained values and the **top block
+    + the head** are trained (2 epochs, batch 32, AdamW, lr 3e-4, linear decay), with the frozen part
+    run once (see :func:`_finetune_top`). Measured on a 2-core CPU: 21 s the first time on an idle core,
+    up to 50 s on a busy machine (val/test accuracy 0.774/0.788, Bayes-optimal 0.830/0.846; mean pooling
+    gives the same), then a few seconds to load. ``train_layers=6`` fine-tunes every block (minutes per epoch).
     ``"sentiment-tiny"``: a 2-layer, 32-wide random BERT with :func:`kdedu.data.word_tokenizer`, for tests.
 
     The tokenizer is ``model.tokenizer``; ``model.meta["metrics"]`` has ``val_acc``/``test_acc`` and, to

@@ -246,3 +246,17 @@ def test_loader_trims_padding_and_groups_by_length():
     assert sum(widths) < sum(plain)
     assert trim_padding(torch.tensor([[5, 6, 0, 0], [7, 0, 0, 0]])) == 2
     assert trim_padding(torch.zeros(2, 3, dtype=torch.long)) == 1
+
+
+def test_unseeded_loaders_follow_the_global_rng():
+    """seed=None: the order comes from torch's global RNG, so fit(seed=s) decides it."""
+    tok = word_tokenizer()
+    data = sentiment("train", limit=96)
+    for group in (False, True):
+        loader = text_loader(data, tok, batch_size=16, shuffle=True, seed=None, group_by_length=group)
+
+        def order(s):
+            torch.manual_seed(s)
+            return torch.cat([y for _, y in loader]).tolist(), [b.shape for b, _ in loader][:1]
+
+        assert order(0) == order(0) and order(0) != order(1)

@@ -273,3 +273,21 @@ def test_precompute_trims_and_groups_without_changing_outputs(teacher, data):
     rows = torch.stack([torch.nonzero((ids == r).all(1))[0, 0] for r in
                         torch.nn.functional.pad(b.input_ids, (0, ids.shape[1] - b.input_ids.shape[1]))])
     torch.testing.assert_close(student(b.input_ids), student(ids[rows]), atol=1e-5, rtol=1e-5)
+
+
+def test_one_store_serves_every_method(teacher, data):
+    """A store with every layer's token states and maps gives each method the terms its own store gives."""
+    ids, y = data
+    everything = teacher_outputs(teacher, ids, None, hidden_layers=range(5), cls_only=False,
+                                 attention_layers=range(1, 5))
+    for make in (lambda s: PKD(s, num_teacher_layers=4), lambda s: CKD(s, num_teacher_layers=4),
+                 lambda s: ALPKD(s, num_teacher_layers=4),
+                 lambda s: TinyBERTKD(s, teacher_width=32, num_teacher_layers=4),
+                 lambda s: DistilBERTKD(s)):
+        method = make(_student()).eval()
+        own = method(teacher_outputs(teacher, ids, None, **method.teacher_needs), y)
+        shared = method(everything, y)
+        assert own.keys() == shared.keys()
+        for k in own:
+            torch.testing.assert_close(shared[k], own[k])
+    torch.testing.assert_close(everything.cls_at(2), everything.hidden_at(2)[:, 0])

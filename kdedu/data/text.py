@@ -256,12 +256,14 @@ def tokenize(sentences, tokenizer, max_length: int = 64) -> dict[str, torch.Tens
 
 
 def text_loader(split: TextSplit, tokenizer, batch_size: int = 32, shuffle: bool = False, max_length: int = 64,
-                soft: bool = False, seed: int = 0, group_by_length: bool = False) -> DataLoader:
+                soft: bool = False, seed: int | None = 0, group_by_length: bool = False) -> DataLoader:
     """Batches of ``(input_ids (B, L), y (B,))`` for :func:`kdedu.train.fit`.
 
     The attention mask is not in the batch: :class:`kdedu.models.SequenceClassifier` and
     :class:`kdedu.models.BiLSTMStudent` rebuild it from the padding id (``input_ids != pad``). With
     ``soft=True`` the targets are the true probabilities ``probs`` (N,) instead of the labels.
+    ``shuffle`` is seeded by ``seed``; ``seed=None`` leaves the order to torch's global RNG, which
+    :func:`kdedu.train.fit` seeds, so one loader gives each training seed its own order.
 
     Each batch is cut to its longest sentence (trailing all-padding columns are dropped: the same
     outputs, less work). ``group_by_length=True`` also puts sentences of similar length together
@@ -277,7 +279,7 @@ def text_loader(split: TextSplit, tokenizer, batch_size: int = 32, shuffle: bool
     pad = getattr(tokenizer, "pad_token_id", None)
     pad = 0 if pad is None else int(pad)
     collate = _TrimPadding(pad)
-    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    generator = torch.Generator().manual_seed(seed) if shuffle and seed is not None else None
     dataset = TensorDataset(enc["input_ids"], target)
     if group_by_length:
         sampler = LengthGroupedBatches(enc["attention_mask"].sum(1), batch_size, shuffle=shuffle, seed=seed)
@@ -303,13 +305,16 @@ class _TrimPadding:
 class LengthGroupedBatches(Sampler):
     """Batches of example indices with similar lengths (like ``group_by_length`` in ``transformers``).
 
-    Shuffled (``shuffle=True``, seeded): the indices are permuted, cut into pools of
+    Shuffled (``shuffle=True``): the indices are permuted, cut into pools of
     ``pool_batches x batch_size``, each pool is sorted by length and cut into batches, and the batch
     order is shuffled; so batches stay random but hold sentences of similar length. Without
     ``shuffle`` the whole set is sorted by length (for evaluation). Every index appears exactly once.
+    ``seed`` fixes the sequence of orders; ``seed=None`` draws each epoch's order from torch's global
+    RNG, so ``kdedu.train.fit(..., seed=s)`` decides it (like a ``DataLoader(shuffle=True)``).
     """
 
-    def __init__(self, lengths, batch_size: int, shuffle: bool = True, seed: int = 0, pool_batches: int = 50):
+    def __init__(self, lengths, batch_size: int, shuffle: bool = True, seed: int | None = 0,
+                 pool_batches: int = 50):
         self.lengths = torch.as_tensor(lengths).flatten()
         if self.lengths.numel() == 0:
             raise ValueError("lengths is empty")
@@ -318,18 +323,21 @@ class LengthGroupedBatches(Sampler):
         if isinstance(pool_batches, bool) or not isinstance(pool_batches, int) or pool_batches < 1:
             raise ValueError(f"pool_batches must be a positive integer, got {pool_batches!r}")
         self.batch_size, self.shuffle, self.pool = batch_size, shuffle, pool_batches * batch_size
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
 
     def __iter__(self):
         n = len(self.lengths)
-        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        generator = self.generator
+        if generator is None:  # follow the global RNG (seeded by fit)
+            generator = torch.Generator().manual_seed(int(torch.randint(2**62, ()).item()))
+        order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
         pools = order.split(self.pool) if self.shuffle else [order]
         batches = []
         for pool in pools:
             pool = pool[torch.sort(self.lengths[pool], descending=True, stable=True).indices]
             batches += [b.tolist() for b in pool.split(self.batch_size)]
         if self.shuffle:
-            batches = [batches[i] for i in torch.randperm(len(batches), generator=self.generator)]
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=generator)]
         return iter(batches)
 
     def __len__(self) -> int:

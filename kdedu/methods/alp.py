@@ -40,7 +40,7 @@ class ALPKD(TransformerDistiller):
         b = self._batch(x)
         out = self._student(b)
         s_cls = [h[:, 0] for h in out.hidden_states[1:]]                       # M of (B, H)
-        t_cls = [b.hidden_at(k) for k in self.teacher_needs["hidden_layers"]]  # N of (B, H)
+        t_cls = [b.cls_at(k) for k in self.teacher_needs["hidden_layers"]]  # N of (B, H)
         return {"ce": self.beta * F.cross_entropy(out.logits, y),
                 "kd": self.eta * losses.kd_loss(out.logits, b.logits, self.temperature),
                 "alp": self.lam * losses.alp_loss(s_cls, t_cls, self.scale)}

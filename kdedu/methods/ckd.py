@@ -61,7 +61,7 @@ class CKD(TransformerDistiller):
         b = self._batch(x)
         out = self._student(b)
         s_cls = [h[:, 0] for h in out.hidden_states[1:]]                       # M of (B, d_s)
-        t_cls = [b.hidden_at(k) for k in self.layers]                          # (B, d_t) each
+        t_cls = [b.cls_at(k) for k in self.layers]                          # (B, d_t) each
         groups = [[self.layers.index(k) for k in g] for g in self.groups]      # positions in t_cls
         projections = list(self.projections) if self.projections is not None else None
         return {"ce": (1 - self.alpha) * F.cross_entropy(out.logits, y),

@@ -42,7 +42,7 @@ class PKD(TransformerDistiller):
         b = self._batch(x)
         out = self._student(b)
         s_cls = [out.hidden_states[j][:, 0] for j in self.layer_map]             # each (B, H)
-        t_cls = [b.hidden_at(k) for k in self.layer_map.values()]                # each (B, H)
+        t_cls = [b.cls_at(k) for k in self.layer_map.values()]                # each (B, H)
         pairs = {i: i for i in range(len(s_cls))}
         return {"ce": (1 - self.alpha) * F.cross_entropy(out.logits, y),
                 "kd": self.alpha * losses.kd_loss(out.logits, b.logits, self.temperature),

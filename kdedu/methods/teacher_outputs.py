@@ -82,6 +82,11 @@ class TeacherBatch:
             raise KeyError("no teacher hidden states were stored (hidden_layers=())")
         return self.hidden[:, self._index(k, self.hidden_layers, "hidden state")]
 
+    def cls_at(self, k: int) -> torch.Tensor:
+        """The (B, H) [CLS] vector of hidden state ``k``, whether [CLS] alone or every token was stored."""
+        h = self.hidden_at(k)
+        return h if self.cls_only else h[:, 0]
+
     def attention_at(self, k: int) -> torch.Tensor:
         """The (B, heads, L, L) attention map of block ``k`` (1..N, -1 = last)."""
         if self.attentions is None:
@@ -165,7 +170,7 @@ class _Collate:
 
 def precompute_teacher(teacher: nn.Module, loader: DataLoader, hidden_layers: Sequence[int] = (),
                        cls_only: bool = True, attention_layers: Sequence[int] = (), batch_size: int | None = None,
-                       shuffle: bool = True, seed: int = 0, dtype: torch.dtype = torch.float32,
+                       shuffle: bool = True, seed: int | None = 0, dtype: torch.dtype = torch.float32,
                        device=None, group_by_length: bool = False) -> DataLoader:
     """Run the frozen ``teacher`` once over ``loader`` and return a loader of ``(TeacherBatch, y)``.
 
@@ -175,7 +180,9 @@ def precompute_teacher(teacher: nn.Module, loader: DataLoader, hidden_layers: Se
             mask is rebuilt from the padding id. Batches may differ in width (right padding).
         hidden_layers, cls_only, attention_layers: what to keep (pass ``**method.teacher_needs``).
         batch_size, shuffle, seed: of the returned loader (default: the input loader's batch size;
-            shuffled with a seeded generator, so runs repeat).
+            shuffled with a seeded generator, so runs repeat). ``seed=None`` leaves the order to torch's
+            global RNG, which ``fit(..., seed=s)`` seeds: precompute once per transfer set, then train
+            every method and seed on the same loader.
         dtype: storage type of logits/states/maps (``torch.float16`` halves the memory); batches come
             back in float32.
         group_by_length: batch sentences of similar length together
@@ -226,7 +233,7 @@ def precompute_teacher(teacher: nn.Module, loader: DataLoader, hidden_layers: Se
     if group_by_length:
         sampler = LengthGroupedBatches(store.attention_mask.sum(1), batch_size, shuffle=shuffle, seed=seed)
         return DataLoader(list(range(len(store))), batch_sampler=sampler, collate_fn=collate)
-    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    generator = torch.Generator().manual_seed(seed) if shuffle and seed is not None else None
     return DataLoader(list(range(len(store))), batch_size=batch_size, shuffle=shuffle, generator=generator,
                       collate_fn=collate)
 

@@ -117,4 +117,4 @@ def same_tensor(name: str, got, expected: torch.Tensor, atol: float = 1e-5, rtol
 
 
 # the chapters' exercises register themselves on import
-from kdedu.check import ch01, ch02, ch03, ch04, ch05, ch06, ch07, ch08, ch10, ch19  # noqa: E402, F401
+from kdedu.check import ch01, ch02, ch03, ch04, ch05, ch06, ch07, ch08, ch09, ch10, ch19  # noqa: E402, F401

@@ -177,7 +177,10 @@ def precompute_teacher(teacher: nn.Module, loader: DataLoader, hidden_layers: Se
     Args:
         teacher: a :class:`~kdedu.models.SequenceClassifier` (MiniLM from :func:`kdedu.zoo.text_teacher`).
         loader: batches of ``(input_ids (B, L), y)``, e.g. :func:`kdedu.data.text_loader`; the attention
-            mask is rebuilt from the padding id. Batches may differ in width (right padding).
+            mask is rebuilt from the padding id. Batches may differ in width (right padding). The store
+            keeps the loader's order: pass an unshuffled, ungrouped loader so that stored example i is
+            dataset example i (then a ``text_loader`` and this loader draw the same batches for the same
+            ``fit`` seed).
         hidden_layers, cls_only, attention_layers: what to keep (pass ``**method.teacher_needs``).
         batch_size, shuffle, seed: of the returned loader (default: the input loader's batch size;
             shuffled with a seeded generator, so runs repeat). ``seed=None`` leaves the order to torch's

@@ -80,12 +80,14 @@ def cached(name: str, config: dict, build: Callable[[], nn.Module],
     stem = f"{name}-{_key(name, config)}"
     pt, meta_path = root / f"{stem}.pt", root / f"{stem}.json"
     model = build()
+    attempted = meta_path.exists() and pt.exists()
     meta = _try_load(model, pt, meta_path, config)
     if meta is not None:
         if verbose:
             print(f"kdedu.zoo: loaded {name} from {pt}")
         return model.eval(), meta
-    model = build()  # a failed load may have left partial weights behind
+    if attempted:
+        model = build()  # a failed load may have left partial weights behind
     t0 = time.perf_counter()
     metrics = train(model)
     buf = io.BytesIO()

@@ -26,8 +26,10 @@ class Recipe:
     def __init__(self, arch=(3, 2)):
         self.arch = arch
         self.calls = 0
+        self.builds = 0
 
     def build(self):
+        self.builds += 1
         return nn.Linear(*self.arch)
 
     def train(self, model):
@@ -68,6 +70,7 @@ def test_cached_trains_once_then_loads(tmp_path):
     recipe = Recipe()
     model, meta = _cache(recipe, tmp_path)
     assert recipe.calls == 1 and meta["metrics"] == {"val_acc": 0.25}
+    assert recipe.builds == 1  # nothing to load: the model is built once (MiniLM takes seconds to build)
     assert meta["config"] == CONFIG and meta["name"] == "toy"
     loaded, meta2 = _no_warnings(lambda: _cache(recipe, tmp_path))
     assert recipe.calls == 1  # not retrained
@@ -104,9 +107,11 @@ def test_corrupt_weights_are_retrained(tmp_path):
     data = bytearray(pt.read_bytes())
     data[len(data) // 2] ^= 0x01  # flip one bit in the middle of the weights file
     pt.write_bytes(bytes(data))
+    builds = recipe.builds
     with pytest.warns(UserWarning, match="checksum"):
         model, meta = _cache(recipe, tmp_path)
     assert recipe.calls == 2  # retrained, never silently used
+    assert recipe.builds == builds + 2  # rebuilt after the failed load, so no partial weights survive
     assert torch.equal(model.weight, torch.full((2, 3), 1.0)) and meta["metrics"]["val_acc"] == 0.5
     _no_warnings(lambda: _cache(recipe, tmp_path))  # the rewritten entry is valid again
     assert recipe.calls == 2

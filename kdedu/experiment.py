@@ -26,7 +26,7 @@ import numbers
 import os
 import time
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -157,15 +157,24 @@ def run(name: str, fn: Callable[[int], float | Mapping], seeds: Iterable[int] = 
                      cached_seeds=cached_seeds)
 
 
-def compare(a: RunResult, b: RunResult, z: float = 2.0) -> dict:
-    """Paired comparison of ``a - b`` seed by seed (both must share their seeds).
+def compare(a: RunResult | Sequence[float], b: RunResult | Sequence[float], z: float = 2.0) -> dict:
+    """Paired comparison of ``a - b`` seed by seed.
 
-    Returns ``{"mean", "std", "se", "wins", "n", "verdict"}``; the verdict is ``"better"``/``"worse"``
-    when the mean difference is more than ``z`` standard errors from 0, else ``"no clear difference"``.
+    ``a`` and ``b`` are :class:`RunResult` objects run on the same seeds, or two equally long sequences
+    of per-seed numbers, paired by position (seed i of ``a`` with seed i of ``b``). Returns
+    ``{"mean", "std", "se", "wins", "n", "verdict"}``; the verdict is ``"better"``/``"worse"`` when the
+    mean difference is more than ``z`` standard errors (``std / sqrt(n)``) from 0, else
+    ``"no clear difference"``.
     """
-    if a.seeds != b.seeds:
-        raise ValueError(f"a and b must be run on the same seeds for a paired comparison, got {a.seeds} and {b.seeds}")
-    d = np.asarray(a.values) - np.asarray(b.values)
+    if isinstance(a, RunResult) and isinstance(b, RunResult):
+        if a.seeds != b.seeds:
+            raise ValueError(f"a and b must be run on the same seeds for a paired comparison, got {a.seeds} "
+                             f"and {b.seeds}")
+        a, b = a.values, b.values
+    a, b = (np.asarray(v.values if isinstance(v, RunResult) else v, dtype=float) for v in (a, b))
+    if a.ndim != 1 or a.shape != b.shape or len(a) == 0:
+        raise ValueError(f"a and b must hold the same number of per-seed values, got shapes {a.shape} and {b.shape}")
+    d = a - b
     n = len(d)
     std = float(d.std(ddof=1)) if n > 1 else 0.0
     se = std / math.sqrt(n)

@@ -357,6 +357,8 @@ def test_compare_matches_a_manual_paired_computation(a, b):
     assert swapped["mean"] == pytest.approx(-got["mean"], abs=1e-15)
     assert swapped["std"] == pytest.approx(got["std"]) and swapped["se"] == pytest.approx(got["se"])
     assert swapped["wins"] == sum(x < y for x, y in zip(a, b, strict=True))
+    # plain per-seed sequences (paired by position) give the same numbers
+    assert compare(a, b) == got and compare(np.asarray(a), result_of(b, name="b")) == got
 
 
 DEVIATIONS = [-1.0, 0.0, 1.0, -2.0, 2.0]  # mean 0; sample std sqrt(10/4)
@@ -434,3 +436,10 @@ def test_table_rows_show_mean_and_sample_std():
 def test_run_result_is_exported():
     assert experiment.RunResult is RunResult
     assert set(experiment.__all__) >= {"RunResult", "run", "compare", "table"}
+
+
+def test_compare_sequences_must_pair_up():
+    with pytest.raises(ValueError, match="same number"):
+        compare([0.9, 0.8], [0.9, 0.8, 0.7])
+    with pytest.raises(ValueError, match="same number"):
+        compare([], [])

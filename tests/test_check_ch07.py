@@ -1,7 +1,7 @@
 """The exercise checkers of chapter 07 (teacher assistants).
 
 For every checker: a correct answer passes, plausible wrong answers fail (with a message), and
-``None`` is reported as "not answered yet" without raising.
+``None`` as "not answered yet" is checked for every exercise in tests/test_check.py.
 """
 
 from __future__ import annotations
@@ -16,12 +16,6 @@ from kdedu import check
 
 def _verdict(exercise_id, answer):
     return check.exercise(exercise_id, answer, verbose=False)
-
-
-@pytest.mark.parametrize("exercise_id", ["07.assistant-size", "07.inherited-share", "07.chain-epochs"])
-def test_07_unanswered(exercise_id):
-    result = _verdict(exercise_id, None)
-    assert not result and "not answered" in result.message
 
 
 # ------------------------------------------------------------------------------------------

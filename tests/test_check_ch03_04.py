@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import math
 
-import pytest
 import torch
 import torch.nn.functional as F
+from checks import answer_tests
 
 from kdedu import check
 
@@ -80,21 +80,7 @@ WRONG = {
     "04.matching-a": [0.9, 0.99, 1.0],
 }
 
-
-@pytest.mark.parametrize("exercise_id", sorted(CORRECT))
-def test_correct_answers_pass(exercise_id):
-    for answer in CORRECT[exercise_id]:
-        result = _verdict(exercise_id, answer)
-        assert result, f"{exercise_id}: a correct answer failed: {result.message}"
-        assert result.ok and "not answered" not in result.message
-
-
-@pytest.mark.parametrize("exercise_id", sorted(WRONG))
-def test_wrong_answers_fail(exercise_id):
-    for answer in WRONG[exercise_id]:
-        result = _verdict(exercise_id, answer)
-        assert not result, f"{exercise_id}: the wrong answer {answer!r} passed"
-        assert result.message and "not answered" not in result.message
+test_correct_answers_pass, test_wrong_answers_fail = answer_tests(CORRECT, WRONG)
 
 
 def test_every_chapter_03_04_exercise_is_tested():

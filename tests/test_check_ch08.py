@@ -6,8 +6,8 @@ For every checker: a correct answer passes, plausible wrong answers fail (with a
 
 from __future__ import annotations
 
-import pytest
 import torch
+from checks import answer_tests
 
 from kdedu import check
 
@@ -49,18 +49,7 @@ WRONG = {
     "08.effective-T": [2, 0.5, 5, "six"],
 }
 
-
-@pytest.mark.parametrize("exercise_id,answer", [(e, a) for e, answers in CORRECT.items() for a in answers])
-def test_correct_answers_pass(exercise_id, answer):
-    result = _verdict(exercise_id, answer)
-    assert result, result.message
-
-
-@pytest.mark.parametrize("exercise_id,answer", [(e, a) for e, answers in WRONG.items() for a in answers])
-def test_wrong_answers_fail_with_a_message(exercise_id, answer):
-    result = _verdict(exercise_id, answer)
-    assert not result
-    assert result.message and "not answered" not in result.message
+test_correct_answers_pass, test_wrong_answers_fail = answer_tests(CORRECT, WRONG)
 
 
 def test_targeted_messages():

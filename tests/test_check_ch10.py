@@ -6,8 +6,8 @@ For every checker: a correct answer passes, plausible wrong answers fail (with a
 
 from __future__ import annotations
 
-import pytest
 import torch
+from checks import answer_tests
 
 from kdedu import check, losses
 from kdedu.methods.ckd import contiguous_groups
@@ -53,15 +53,13 @@ WRONG = {
     ],
 }
 
-
-@pytest.mark.parametrize("exercise_id,answer", [(e, a) for e, answers in CORRECT.items() for a in answers])
-def test_correct_answers_pass(exercise_id, answer):
-    result = _verdict(exercise_id, answer)
-    assert result, result.message
+test_correct_answers_pass, test_wrong_answers_fail = answer_tests(CORRECT, WRONG)
 
 
-@pytest.mark.parametrize("exercise_id,answer", [(e, a) for e, answers in WRONG.items() for a in answers])
-def test_wrong_answers_fail(exercise_id, answer):
-    result = _verdict(exercise_id, answer)
-    assert not result and result.message
 
+
+def test_targeted_messages():
+    assert "last student layer" in _verdict("10.skip-map", WRONG["10.skip-map"][0]).message
+    assert "over the student layers" in _verdict("10.alp-attention", WRONG["10.alp-attention"][0]).message
+    assert "exactly once" in _verdict("10.ckd-groups", WRONG["10.ckd-groups"][0]).message
+    assert "contiguous" in _verdict("10.ckd-groups", WRONG["10.ckd-groups"][2]).message

@@ -6,8 +6,8 @@ mistake), and ``None`` is reported as "not answered yet" without raising.
 
 from __future__ import annotations
 
-import pytest
 import torch
+from checks import answer_tests
 
 from kdedu import check
 
@@ -65,20 +65,7 @@ WRONG = {
     "19.online-logsumexp": [naive_online_logsumexp, unshifted_logsumexp, first_block_only, "not a function"],
 }
 
-
-@pytest.mark.parametrize("exercise_id", sorted(CORRECT))
-def test_correct_answers_pass(exercise_id):
-    for answer in CORRECT[exercise_id]:
-        result = _verdict(exercise_id, answer)
-        assert result, f"{exercise_id}: a correct answer failed: {result.message}"
-
-
-@pytest.mark.parametrize("exercise_id", sorted(WRONG))
-def test_wrong_answers_fail(exercise_id):
-    for answer in WRONG[exercise_id]:
-        result = _verdict(exercise_id, answer)
-        assert not result, f"{exercise_id}: the wrong answer {answer!r} passed"
-        assert result.message and "not answered" not in result.message
+test_correct_answers_pass, test_wrong_answers_fail = answer_tests(CORRECT, WRONG)
 
 
 def test_every_chapter_19_exercise_is_tested():

@@ -278,13 +278,20 @@ def text_loader(split: TextSplit, tokenizer, batch_size: int = 32, shuffle: bool
     target = split.probs if soft else split.y
     pad = getattr(tokenizer, "pad_token_id", None)
     pad = 0 if pad is None else int(pad)
-    collate = _TrimPadding(pad)
-    generator = torch.Generator().manual_seed(seed) if shuffle and seed is not None else None
-    dataset = TensorDataset(enc["input_ids"], target)
+    return batch_loader(TensorDataset(enc["input_ids"], target), enc["attention_mask"].sum(1), batch_size, shuffle,
+                        seed, group_by_length, _TrimPadding(pad))
+
+
+def batch_loader(dataset, lengths: torch.Tensor, batch_size: int, shuffle: bool, seed: int | None,
+                 group_by_length: bool, collate_fn) -> DataLoader:
+    """The ``DataLoader`` of :func:`text_loader` and :func:`kdedu.methods.precompute_teacher`: shuffled with
+    a generator seeded by ``seed`` (``None``: torch's global RNG), batched by :class:`LengthGroupedBatches`
+    over the sentence ``lengths`` when ``group_by_length``."""
     if group_by_length:
-        sampler = LengthGroupedBatches(enc["attention_mask"].sum(1), batch_size, shuffle=shuffle, seed=seed)
-        return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=collate)
+        sampler = LengthGroupedBatches(lengths, batch_size, shuffle=shuffle, seed=seed)
+        return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_fn)
+    generator = torch.Generator().manual_seed(seed) if shuffle and seed is not None else None
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=collate_fn)
 
 
 def trim_padding(input_ids: torch.Tensor, pad_token_id: int = 0) -> int:

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from kdedu.data.text import LengthGroupedBatches, trim_padding
+from kdedu.data.text import batch_loader, trim_padding
 from kdedu.train import Distiller
 
 __all__ = ["TeacherBatch", "teacher_outputs", "precompute_teacher", "TransformerDistiller", "skip_map",
@@ -232,13 +232,8 @@ def precompute_teacher(teacher: nn.Module, loader: DataLoader, hidden_layers: Se
     store = replace(parts[0], **{name: cat(name) for name in ("input_ids", "attention_mask", "logits", "hidden",
                                                               "attentions")})
     batch_size = batch_size or loader.batch_size or getattr(loader.batch_sampler, "batch_size", None) or 32
-    collate = _Collate(store, torch.cat(ys), dtype)
-    if group_by_length:
-        sampler = LengthGroupedBatches(store.attention_mask.sum(1), batch_size, shuffle=shuffle, seed=seed)
-        return DataLoader(list(range(len(store))), batch_sampler=sampler, collate_fn=collate)
-    generator = torch.Generator().manual_seed(seed) if shuffle and seed is not None else None
-    return DataLoader(list(range(len(store))), batch_size=batch_size, shuffle=shuffle, generator=generator,
-                      collate_fn=collate)
+    return batch_loader(list(range(len(store))), store.attention_mask.sum(1), batch_size, shuffle, seed,
+                        group_by_length, _Collate(store, torch.cat(ys), dtype))
 
 
 def skip_map(num_student: int, num_teacher: int, last: bool = False) -> dict[int, int]:

@@ -41,7 +41,7 @@ venv:
 	if [ "$$(cat "$(STAMP)" 2>/dev/null)" != "$$key" ]; then \
 	  echo "installing kdedu and its [book,dev,text] extras into $(VENV) (constraints: $(CONSTRAINTS))"; \
 	  start=$$(date +%s); \
-	  "$(BIN)/python" -m pip install --quiet -c $(CONSTRAINTS) -e ".[book,dev,text]" 2>&1 | { grep -v "$(PIP_NOISE)" || true; }; \
+	  "$(BIN)/python" -m pip install --quiet --no-cache-dir -c $(CONSTRAINTS) -e ".[book,dev,text]" 2>&1 | { grep -v "$(PIP_NOISE)" || true; }; \
 	  echo "$$key" > "$(STAMP)"; \
 	  echo "installed in $$(( $$(date +%s) - start )) s"; \
 	fi

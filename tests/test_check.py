@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kdedu import check
-from kdedu.check import Result, Wrong, close, exercise, register, same_tensor
+from kdedu.check import Result, Wrong, close, exercise, function, register, same_tensor
 
 TEST_ID = "00.test-framework"
 
@@ -142,6 +142,20 @@ def test_same_tensor():
     with pytest.raises(Wrong):
         same_tensor("t", torch.full((2, 2), float("nan")), expected)
     same_tensor("t", expected + 0.01, expected, atol=0.02)
+
+
+def test_function():
+    function("f(x)", len)
+    function("f(x)", lambda x: x)
+    with pytest.raises(Wrong, match=r"should be a function f\(x\), got int"):
+        function("f(x)", 3)
+
+
+@pytest.mark.parametrize("exercise_id", sorted(check.EXERCISES))
+def test_every_exercise_rejects_an_answer_of_the_wrong_kind(exercise_id):
+    """A string where a function or a number is asked for: a wrong answer with a message, never a crash."""
+    result = check.exercise(exercise_id, "not an answer", verbose=False)
+    assert not result and "should be" in result.message and "raised" not in result.message
 
 
 @pytest.mark.parametrize("exercise_id", sorted(check.EXERCISES))

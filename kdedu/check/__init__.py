@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Result", "exercise", "register", "EXERCISES", "close"]
+__all__ = ["Result", "exercise", "register", "EXERCISES", "close", "function", "same_tensor"]
 
 
 @dataclass
@@ -90,6 +90,12 @@ def exercise(exercise_id: str, answer, verbose: bool = True) -> Result:
 # ------------------------------------------------------------------------------------------
 # helpers for checkers
 # ------------------------------------------------------------------------------------------
+def function(signature: str, fn) -> None:
+    """Raise :class:`Wrong` unless the answer ``fn`` is callable; ``signature`` is what the exercise asks for."""
+    if not callable(fn):
+        raise Wrong(f"the answer should be a function {signature}, got {type(fn).__name__}.")
+
+
 def close(name: str, got, expected: float, rel: float = 1e-2, abs_: float = 1e-6) -> None:
     """Raise :class:`Wrong` unless the number ``got`` is within tolerance of ``expected``."""
     if isinstance(got, torch.Tensor):

@@ -6,14 +6,12 @@ import math
 
 import torch
 
-from kdedu.check import Wrong, register
+from kdedu.check import Wrong, function, register
 
 
 @register("01.mlp-params", hint="a layer from a to b units has a*b weights and b biases; sum over consecutive widths")
 def _check_01_mlp_params(fn):
-    if not callable(fn):
-        raise Wrong(f"the answer should be a function mlp_params(in_features, hidden, num_classes), "
-                    f"got {type(fn).__name__}.")
+    function("mlp_params(in_features, hidden, num_classes)", fn)
     import numbers
 
     from torch import nn
@@ -46,9 +44,7 @@ def _ch01_kd_inputs(seed: int):
 @register("01.kd-loss", hint="(1 - alpha) * CE(z_s, y) + alpha * T**2 * mean over rows of -sum_i p_t,i log p_s,i, "
                              "with p = softmax(z / T)")
 def _check_01_kd_loss(fn):
-    if not callable(fn):
-        raise Wrong(f"the answer should be a function distillation_loss_ce(z_s, z_t, y, alpha, T), "
-                    f"got {type(fn).__name__}.")
+    function("distillation_loss_ce(z_s, z_t, y, alpha, T)", fn)
     for seed, (alpha, T) in enumerate(((0.5, 4.0), (0.9, 2.0), (1.0, 1.0), (0.0, 3.0), (0.3, 10.0))):
         z_s, z_t, y = _ch01_kd_inputs(seed)
         # the expected value and gradient, written out independently of kdedu.losses

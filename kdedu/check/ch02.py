@@ -6,14 +6,12 @@ import math
 
 import torch
 
-from kdedu.check import Wrong, close, register, same_tensor
+from kdedu.check import Wrong, close, function, register, same_tensor
 
 
 @register("02.class-similarity", hint="row k is probs[labels == k].mean(dim=0); stack the C rows into a (C, C) matrix")
 def _check_02_class_similarity(fn):
-    if not callable(fn):
-        raise Wrong(f"the answer should be a function class_similarity(probs, labels, num_classes), "
-                    f"got {type(fn).__name__}.")
+    function("class_similarity(probs, labels, num_classes)", fn)
     g = torch.Generator().manual_seed(2)
     for n, c in ((50, 4), (200, 10)):
         probs = torch.softmax(3 * torch.randn(n, c, generator=g, dtype=torch.float64), dim=-1)

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from kdedu.check import Wrong, close, register, same_tensor
+from kdedu.check import Wrong, close, function, register, same_tensor
 
 
 def _ch03_logits(seed: int, shape: tuple, scale: float = 3.0) -> torch.Tensor:
@@ -17,8 +17,7 @@ def _ch03_logits(seed: int, shape: tuple, scale: float = 3.0) -> torch.Tensor:
 @register("03.soft-targets",
           hint="divide the logits by T, subtract each row's max, exponentiate, normalise over dim=-1")
 def _check_03_soft_targets(fn):
-    if not callable(fn):
-        raise Wrong(f"the answer should be a function my_soft_targets(logits, T), got {type(fn).__name__}.")
+    function("my_soft_targets(logits, T)", fn)
     for shape in ((5, 7), (2, 3, 10)):
         z = _ch03_logits(3, shape)
         for T in (0.5, 1.0, 4.0):
@@ -64,8 +63,7 @@ def _check_03_grad_exponent(answer):
 @register("03.kd-limit",
           hint="centre each row of both logits (subtract its mean), then sum the squared differences / (2C)")
 def _check_03_kd_limit(fn):
-    if not callable(fn):
-        raise Wrong(f"the answer should be a function kd_limit(z_s, z_t), got {type(fn).__name__}.")
+    function("kd_limit(z_s, z_t)", fn)
     z_s = _ch03_logits(4, (6, 10), 1.0) + _ch03_logits(5, (6, 1), 5.0)  # rows with different means
     z_t = _ch03_logits(6, (6, 10), 3.0) - 2.0
     T = 1e4  # the exact KD loss per row at a very high temperature, computed here

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from kdedu.check import Wrong, close, register, same_tensor
+from kdedu.check import Wrong, close, function, register, same_tensor
 
 
 def _ch04_labels() -> torch.Tensor:
@@ -16,8 +16,7 @@ def _ch04_labels() -> torch.Tensor:
 @register("04.smoothed-targets",
           hint="(1 - eps) * one_hot(y, C) + eps / C: every class, the label included, gets eps / C")
 def _check_04_smoothed_targets(fn):
-    if not callable(fn):
-        raise Wrong(f"the answer should be a function smoothed_targets(y, C, eps), got {type(fn).__name__}.")
+    function("smoothed_targets(y, C, eps)", fn)
     y = _ch04_labels()
     for C, eps in ((10, 0.1), (12, 0.3)):
         expected = torch.full((len(y), C), eps / C, dtype=torch.float64)
@@ -46,8 +45,7 @@ def _check_04_ls_constant(answer):
 
 @register("04.virtual-teacher", hint="every wrong class gets (1 - a) / (C - 1), the label gets a; each row sums to 1")
 def _check_04_virtual_teacher(fn):
-    if not callable(fn):
-        raise Wrong(f"the answer should be a function virtual_teacher(y, C, a), got {type(fn).__name__}.")
+    function("virtual_teacher(y, C, a)", fn)
     y = _ch04_labels()
     for C, a in ((10, 0.9), (12, 0.75)):
         expected = torch.full((len(y), C), (1 - a) / (C - 1), dtype=torch.float64)

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from kdedu.check import Wrong, close, register, same_tensor
+from kdedu.check import Wrong, close, function, register, same_tensor
 
 
 def _ch05_shift_reference(x: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
@@ -23,8 +23,7 @@ def _ch05_shift_reference(x: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor) -
 @register("05.translate", hint="pad with zeros and cut a window (or mask the pixels that come from outside); "
                                "dx moves along the last dimension (columns), dy along the rows; nothing wraps around")
 def _check_05_translate(fn):
-    if not callable(fn):
-        raise Wrong(f"the answer should be a function shift_batch(x, dx, dy), got {type(fn).__name__}.")
+    function("shift_batch(x, dx, dy)", fn)
     g = torch.Generator().manual_seed(5)
     x = torch.rand(6, 2, 7, 9, generator=g)  # not square, 2 channels: catches swapped axes
     dx = torch.tensor([0, 1, -2, 3, 0, -1])
@@ -49,8 +48,7 @@ def _check_05_translate(fn):
 
 @register("05.agreement", hint="compare logits_a.argmax(dim=-1) with logits_b.argmax(dim=-1), then average")
 def _check_05_agreement(fn):
-    if not callable(fn):
-        raise Wrong(f"the answer should be a function my_agreement(logits_a, logits_b), got {type(fn).__name__}.")
+    function("my_agreement(logits_a, logits_b)", fn)
     g = torch.Generator().manual_seed(7)
     for n, c, same in ((40, 10, 25), (7, 3, 2)):
         a = torch.randn(n, c, generator=g, dtype=torch.float64)

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from kdedu.check import Wrong, close, register, same_tensor
+from kdedu.check import Wrong, close, function, register, same_tensor
 
 
 def _ch06_logits(seed: int, members: int = 4, n: int = 200, c: int = 10) -> list[torch.Tensor]:
@@ -18,8 +18,7 @@ def _ch06_logits(seed: int, members: int = 4, n: int = 200, c: int = 10) -> list
 @register("06.ensemble", hint="softmax each member's logits over the classes, then average the probabilities "
                               "over the members")
 def _check_06_ensemble(fn):
-    if not callable(fn):
-        raise Wrong(f"the answer should be a function ensemble_probs(logits_list), got {type(fn).__name__}.")
+    function("ensemble_probs(logits_list)", fn)
     for seed, members in ((0, 4), (1, 3), (2, 1)):
         logits = _ch06_logits(seed, members)
         expected = torch.stack([z.softmax(dim=-1) for z in logits]).mean(dim=0)  # (N, C)
@@ -37,8 +36,7 @@ def _check_06_ensemble(fn):
 @register("06.ensemble-acc", hint="average the members' softmax probabilities, take the argmax of each row, "
                                   "compare with the labels and average")
 def _check_06_ensemble_acc(fn):
-    if not callable(fn):
-        raise Wrong(f"the answer should be a function ensemble_accuracy(logits_list, labels), got {type(fn).__name__}.")
+    function("ensemble_accuracy(logits_list, labels)", fn)
     for seed, members in ((3, 4), (4, 2)):
         logits = _ch06_logits(seed, members)
         g = torch.Generator().manual_seed(seed + 100)

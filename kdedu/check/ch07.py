@@ -6,15 +6,13 @@ import math
 
 import torch
 
-from kdedu.check import Wrong, close, register
+from kdedu.check import Wrong, close, function, register
 
 
 @register("07.assistant-size", hint="the middle on a log scale is the geometric mean sqrt(p_teacher * p_student); "
                                     "pick the candidate with the smallest |log(p / middle)|")
 def _check_07_assistant_size(fn):
-    if not callable(fn):
-        raise Wrong(f"the answer should be a function pick_assistant(p_teacher, p_student, candidates), "
-                    f"got {type(fn).__name__}.")
+    function("pick_assistant(p_teacher, p_student, candidates)", fn)
     g = torch.Generator().manual_seed(7)
     cases = [(307210, 1210, [4810, 19210, 76810]),  # the chapter's MLP ladder
              (1_000_000, 100, [5_500, 15_000]),      # the log scale and the linear scale disagree here
@@ -64,9 +62,7 @@ def _ch07_predictions(seed: int, n: int = 300, c: int = 10):
 @register("07.inherited-share", hint="divide the number of the lower network's errors that equal the upper "
                                      "network's prediction by the number of the lower network's errors")
 def _check_07_inherited_share(fn):
-    if not callable(fn):
-        raise Wrong(f"the answer should be a function inherited_share(upper_pred, lower_pred, labels), "
-                    f"got {type(fn).__name__}.")
+    function("inherited_share(upper_pred, lower_pred, labels)", fn)
     for seed in range(4):
         upper, lower, labels = _ch07_predictions(seed)
         lower_wrong = copied = both_wrong = upper_wrong = 0  # an explicit loop over the examples
@@ -98,8 +94,7 @@ def _check_07_inherited_share(fn):
 @register("07.chain-epochs", hint="count the networks of the chain: the teacher, the assistants and the student "
                                   "each train once for `epochs` epochs")
 def _check_07_chain_epochs(fn):
-    if not callable(fn):
-        raise Wrong(f"the answer should be a function chain_epochs(num_assistants, epochs), got {type(fn).__name__}.")
+    function("chain_epochs(num_assistants, epochs)", fn)
     for m, e in ((1, 200), (0, 30), (2, 150), (3, 7)):
         networks = ["teacher"] + [f"assistant {i + 1}" for i in range(m)] + ["student"]
         expected = sum(e for _ in networks)

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from kdedu.check import Wrong, close, register, same_tensor
+from kdedu.check import Wrong, close, function, register, same_tensor
 
 
 def _ch08_number(name: str, value) -> float:
@@ -19,8 +19,7 @@ def _ch08_number(name: str, value) -> float:
 
 @register("08.phi", hint="phi(T) = 1 - (T - 1) / tau_max: 1 at T = 1, 1 / tau_max at T = tau_max")
 def _check_08_phi(fn):
-    if not callable(fn):
-        raise Wrong(f"the answer should be a function my_phi(T, tau_max), got {type(fn).__name__}.")
+    function("my_phi(T, tau_max)", fn)
     for tau_max in (1, 4, 10, 14):
         for T in range(1, tau_max + 1):
             expected = (tau_max - T + 1) / tau_max  # the same formula, rearranged
@@ -38,8 +37,7 @@ def _check_08_phi(fn):
 
 @register("08.schedule", hint="start at tau_max and hold each temperature for k consecutive epochs, down to 1")
 def _check_08_schedule(fn):
-    if not callable(fn):
-        raise Wrong(f"the answer should be a function temperatures(tau_max, k), got {type(fn).__name__}.")
+    function("temperatures(tau_max, k)", fn)
     for tau_max, k in ((10, 1), (4, 3), (7, 2), (1, 5)):
         expected = [tau_max - epoch // k for epoch in range(k * tau_max)]
         got = fn(tau_max, k)
@@ -65,8 +63,7 @@ def _check_08_schedule(fn):
 
 @register("08.gradient", hint="differentiate mean((z_s - phi z_t)^2) over all N*C elements: 2 (z_s - phi z_t) / (N C)")
 def _check_08_gradient(fn):
-    if not callable(fn):
-        raise Wrong(f"the answer should be a function annealing_grad(z_s, z_t, phi), got {type(fn).__name__}.")
+    function("annealing_grad(z_s, z_t, phi)", fn)
     g = torch.Generator().manual_seed(8)
     for shape, phi in (((6, 10), 0.1), ((3, 5), 0.55), ((4, 7), 1.0)):
         z_s = torch.randn(*shape, generator=g, dtype=torch.float64)

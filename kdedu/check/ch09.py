@@ -7,7 +7,7 @@ import numbers
 
 import torch
 
-from kdedu.check import Wrong, register, same_tensor
+from kdedu.check import Wrong, function, register, same_tensor
 
 
 def _ch09_indices(name: str, got) -> list[int]:
@@ -25,8 +25,7 @@ def _ch09_indices(name: str, got) -> list[int]:
 
 @register("09.every-other", hint="0-based blocks 0, 2, 4, ... up to num_teacher - 2: range(0, num_teacher, 2)")
 def _check_09_every_other(fn):
-    if not callable(fn):
-        raise Wrong(f"the answer should be a function every_other(num_teacher), got {type(fn).__name__}.")
+    function("every_other(num_teacher)", fn)
     for n in (2, 4, 6, 12, 24):
         expected = [k for k in range(n) if k % 2 == 0]  # keep a block, skip the next, from block 0
         got = _ch09_indices(f"your every_other({n})", fn(n))
@@ -62,8 +61,7 @@ def _ch09_cosine_reference(h_s: torch.Tensor, h_t: torch.Tensor, mask: torch.Ten
 @register("09.cosine-loss", hint="1 - F.cosine_similarity(h_s, h_t, dim=-1) gives one value per token (B, L); "
                                  "keep the tokens where attention_mask is 1 and average them")
 def _check_09_cosine_loss(fn):
-    if not callable(fn):
-        raise Wrong(f"the answer should be a function cosine_loss(h_s, h_t, attention_mask), got {type(fn).__name__}.")
+    function("cosine_loss(h_s, h_t, attention_mask)", fn)
     g = torch.Generator().manual_seed(9)
     lengths = torch.tensor([5, 2, 4])
     mask = (torch.arange(6)[None, :] < lengths[:, None]).long()  # (3, 6), right padding of different lengths
@@ -123,9 +121,7 @@ def _ch09_bert_parts(num_layers: int, hidden: int, intermediate: int, vocab: int
 @register("09.param-count", hint="embeddings (vocab + positions + 2 token types) x H + a LayerNorm (2H); per block: "
                                  "4 attention matrices H x H with biases, H x I and I x H with biases, two LayerNorms")
 def _check_09_param_count(fn):
-    if not callable(fn):
-        raise Wrong("the answer should be a function bert_params(num_layers, hidden, intermediate, vocab_size, "
-                    f"max_positions), got {type(fn).__name__}.")
+    function("bert_params(num_layers, hidden, intermediate, vocab_size, max_positions)", fn)
     from kdedu.models import count_parameters, small_bert
 
     configs = ((1, 8, 16, 50, 20), (2, 32, 64, 100, 64), (3, 48, 200, 500, 128), (6, 24, 96, 1000, 512))

@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from kdedu.check import Wrong, register, same_tensor
-
-
-def _callable(name: str, fn) -> None:
-    if not callable(fn):
-        raise Wrong(f"the answer should be a function {name}, got {type(fn).__name__}.")
+from kdedu.check import Wrong, function, register, same_tensor
 
 
 def _as_dict(name: str, got) -> dict[int, int]:
@@ -24,7 +19,7 @@ def _as_dict(name: str, got) -> dict[int, int]:
 @register("10.skip-map", hint="student layer j (1..M-1) learns from teacher layer j * N / M; the last layer is left "
                               "to the logits")
 def _check_10_skip_map(fn):
-    _callable("my_skip_map(M, N)", fn)
+    function("my_skip_map(M, N)", fn)
     for M, N in ((2, 4), (3, 6), (4, 12), (6, 12), (2, 12), (1, 6)):
         got = _as_dict(f"my_skip_map({M}, {N})", fn(M, N))
         expected, k = {}, 0
@@ -45,7 +40,7 @@ def _check_10_skip_map(fn):
 @register("10.alp-attention", hint="scores = h_s @ h_t.transpose(1, 2), then a softmax over the last axis (the "
                                    "teacher layers)")
 def _check_10_alp_attention(fn):
-    _callable("my_alp_attention(h_s, h_t)", fn)
+    function("my_alp_attention(h_s, h_t)", fn)
     g = torch.Generator().manual_seed(10)
     for B, M, N, H in ((4, 3, 6, 8), (2, 2, 5, 16), (1, 1, 1, 4)):
         h_s, h_t = torch.randn(B, M, H, generator=g), torch.randn(B, N, H, generator=g)
@@ -70,7 +65,7 @@ def _check_10_alp_attention(fn):
 @register("10.ckd-groups", hint="boundaries at round(i * N / M) for i = 0..M; group i holds the layers between "
                                 "boundary i (exclusive) and boundary i + 1 (inclusive)")
 def _check_10_ckd_groups(fn):
-    _callable("my_groups(M, N)", fn)
+    function("my_groups(M, N)", fn)
     for M, N in ((3, 6), (2, 5), (4, 12), (1, 6), (3, 7), (6, 6), (5, 12)):
         got = fn(M, N)
         try:

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from kdedu.check import Wrong, close, register, same_tensor
+from kdedu.check import Wrong, close, function, register, same_tensor
 
 
 def _ch19_per_logit(measure, n: int = 32, v: int = 1024) -> float:
@@ -62,8 +62,7 @@ def _check_19_eager_memory(answer):
                                       "m_new = max(m, block max), d = d * exp(m - m_new) + sum exp(x - m_new), and "
                                       "shift by 0 instead of m_new while m_new is still -inf")
 def _check_19_online_logsumexp(fn):
-    if not callable(fn):
-        raise Wrong(f"the answer should be a function online_logsumexp(x, block_size), got {type(fn).__name__}.")
+    function("online_logsumexp(x, block_size)", fn)
     g = torch.Generator().manual_seed(19)
     x = 3 * torch.randn(5, 37, generator=g, dtype=torch.float64)
     for block in (8, 5, 37, 64):  # blocks that do and do not divide the row, one block, larger than the row

@@ -101,7 +101,7 @@ def test_chapter_is_paired_with_its_notebook(md):
         md_cell = from_md[i] if i < len(from_md) else ("(none)", "")
         nb_cell = from_ipynb[i] if i < len(from_ipynb) else ("(none)", "")
         pytest.fail(f"{ipynb.name} is out of sync with {md.name} ({len(from_md)} vs {len(from_ipynb)} cells); "
-                    f"run `.venv/bin/jupytext --to ipynb book/{md.name}`. First difference, cell {i}:\n"
+                    f"run `.venv/bin/jupytext --update --to ipynb book/{md.name}`. First difference, cell {i}:\n"
                     f"  .md:    {md_cell[0]}: {md_cell[1][:200]!r}\n  .ipynb: {nb_cell[0]}: {nb_cell[1][:200]!r}")
 
 

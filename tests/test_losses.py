@@ -591,3 +591,400 @@ def test_virtual_teacher_probs_targets_out_of_range():
         losses.virtual_teacher_probs(torch.tensor([0, 5]), 5)
     with pytest.raises(TypeError, match="targets"):
         losses.virtual_teacher_probs(torch.tensor([0.0, 1.0]), 5)
+
+
+# ------------------------------------------------------------------------------------------
+# masks, reverse KL, GKD's generalized JSD, top-k KD: float64 references written with explicit
+# sums over the classes of each row (probabilities from ref_softmax; the GJSD mixture in
+# probability space, where kdedu works in log space)
+# ------------------------------------------------------------------------------------------
+def ref_kl(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """KL(p || q) = sum_i p_i (log p_i - log q_i) per row (0 log 0 = 0), by loops over rows and classes."""
+    fp, fq = p.reshape(-1, p.shape[-1]), q.reshape(-1, q.shape[-1])
+    out = [sum(a * (math.log(a) - math.log(b)) for a, b in zip(rp, rq, strict=True) if a > 0)
+           for rp, rq in zip(fp, fq, strict=True)]
+    return np.array(out).reshape(p.shape[:-1])
+
+
+def ref_reverse_rows(s, t, T):
+    return T * T * ref_kl(ref_softmax(s, T), ref_softmax(t, T))
+
+
+def ref_gjsd_rows(s, t, beta, T):
+    """GKD eq. 1 with TRL's endpoints; no T^2."""
+    p_s, p_t = ref_softmax(s, T), ref_softmax(t, T)
+    if beta == 0:
+        return ref_kl(p_t, p_s)
+    if beta == 1:
+        return ref_kl(p_s, p_t)
+    m = beta * p_t + (1 - beta) * p_s
+    return beta * ref_kl(p_t, m) + (1 - beta) * ref_kl(p_s, m)
+
+
+def ref_topk_rows(s, vals, idx, T):
+    """T^2 sum_j q_j (log q_j - log p_s[idx_j]), q the softmax of the k kept teacher logits."""
+    out = []
+    for rs, rv, ri in zip(_rows(s), _rows(vals), idx.reshape(-1, idx.shape[-1]).tolist(), strict=True):
+        log_p_s, log_q = ref_log_softmax_row(rs, T), ref_log_softmax_row(rv, T)
+        out.append(T * T * sum(math.exp(lq) * (lq - log_p_s[j]) for lq, j in zip(log_q, ri, strict=True)))
+    return np.array(out).reshape(tuple(s.shape[:-1]))
+
+
+def ref_reduce(per_row, mask: torch.Tensor, reduction: str):
+    """The contract's reductions over the rows the mask keeps, by a loop."""
+    values, keep = np.asarray(per_row, dtype=np.float64).reshape(-1), mask.reshape(-1).tolist()
+    if reduction == "none":
+        return np.array([v if k else 0.0 for v, k in zip(values, keep, strict=True)]).reshape(np.shape(per_row))
+    kept = [v for v, k in zip(values, keep, strict=True) if k]
+    return sum(kept) / (max(len(kept), 1) if reduction == "batchmean" else 1)
+
+
+def garbage_rows(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """A copy of x whose dropped rows hold nan, -inf and +inf (nothing of them may leak)."""
+    x = x.detach().clone()
+    bad = torch.tensor([math.nan, -math.inf, math.inf], dtype=x.dtype).repeat(x.shape[-1])[: x.shape[-1]]
+    x[~mask] = bad
+    return x
+
+
+def _topk_fn(k):
+    def fn(s, t, T, reduction, mask):
+        vals, idx = t.topk(k, dim=-1)
+        return losses.topk_kd_loss(s, vals, idx, T, reduction, mask)
+
+    def ref(s, t, T):
+        vals, idx = t.topk(k, dim=-1)
+        return ref_topk_rows(s, vals, idx, T)
+
+    return fn, ref
+
+
+MASKED = {  # name -> (kdedu loss (s, t, T, reduction, mask), float64 reference per row (s, t, T))
+    "kd_loss": (losses.kd_loss, ref_kd_rows),
+    "reverse_kd_loss": (losses.reverse_kd_loss, ref_reverse_rows),
+    **{f"gjsd_beta{b}": (lambda s, t, T, r, m, b=b: losses.generalized_jsd_loss(s, t, b, T, r, m),
+                         lambda s, t, T, b=b: ref_gjsd_rows(s, t, b, T)) for b in (0.0, 0.3, 1.0)},
+    "topk_k2": _topk_fn(2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MASKED))
+@pytest.mark.parametrize("shape", [(6, 5), (2, 3, 4), (5,)])
+@pytest.mark.parametrize("reduction", ["batchmean", "sum", "none"])
+def test_masked_divergences_match_reference(name, shape, reduction):
+    fn, ref = MASKED[name]
+    T = 2.0
+    s, t = randn(*shape, seed=60, scale=2.0), randn(*shape, seed=61, scale=2.0)
+    mask = randn(*shape[:-1], seed=62) > -0.4 if len(shape) > 1 else torch.tensor(True)
+    assert mask.any() and (len(shape) == 1 or not mask.all())
+    s_bad = garbage_rows(s, mask).requires_grad_()
+    t_bad = garbage_rows(t, mask).requires_grad_()
+    got = fn(s_bad, t_bad, T, reduction, mask)
+    assert got.shape == (shape[:-1] if reduction == "none" else ())
+    assert_close(got, ref_reduce(ref(s, t, T), mask, reduction), rtol=1e-9, atol=1e-12)
+    for g in torch.autograd.grad(got.sum(), (s_bad, t_bad), allow_unused=True):
+        if g is not None:
+            assert torch.isfinite(g).all() and torch.all(g[~mask] == 0)
+
+
+ALL_MASKED = {  # every loss that takes a mask, on rows that are all dropped (and hold garbage)
+    **{n: (lambda s, t, m, fn=fn: fn(s, t, 2.0, "batchmean", m)) for n, (fn, _) in MASKED.items()},
+    "distillation_loss": lambda s, t, m: losses.distillation_loss(s, t, randint(5, *m.shape), mask=m),
+    "distillation_loss(all -100)": lambda s, t, m: losses.distillation_loss(s, t, torch.full(m.shape, -100)),
+    "logit_mse": lambda s, t, m: losses.logit_mse(s, t, mask=m),
+    "annealing_kd_loss": lambda s, t, m: losses.annealing_kd_loss(s, t, 0.5, mask=m),
+    "label_smoothing_loss": lambda s, t, m: losses.label_smoothing_loss(s, randint(5, *m.shape), mask=m),
+    "virtual_teacher_loss": lambda s, t, m: losses.virtual_teacher_loss(s, torch.full(m.shape, -100), mask=m),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ALL_MASKED))
+@pytest.mark.parametrize("shape", [(3, 5), (2, 2, 5)])
+def test_no_row_kept_gives_zero_and_zero_gradient(name, shape):
+    mask = torch.zeros(shape[:-1], dtype=torch.bool)
+    s = garbage_rows(randn(*shape, seed=63), mask).requires_grad_()
+    t = garbage_rows(randn(*shape, seed=64), mask).requires_grad_()
+    loss = ALL_MASKED[name](s, t, mask)
+    assert loss.item() == 0.0
+    for g in torch.autograd.grad(loss, (s, t), allow_unused=True):
+        assert g is None or (torch.isfinite(g).all() and g.abs().max().item() == 0.0)
+
+
+MASK_FNS = {
+    "kd_loss": lambda m: losses.kd_loss(S, S, mask=m),
+    "reverse_kd_loss": lambda m: losses.reverse_kd_loss(S, S, mask=m),
+    "generalized_jsd_loss": lambda m: losses.generalized_jsd_loss(S, S, mask=m),
+    "topk_kd_loss": lambda m: losses.topk_kd_loss(S, *S.topk(3), mask=m),
+    "distillation_loss": lambda m: losses.distillation_loss(S, S, Y, mask=m),
+    "logit_mse": lambda m: losses.logit_mse(S, S, mask=m),
+    "annealing_kd_loss": lambda m: losses.annealing_kd_loss(S, S, 0.5, mask=m),
+    "label_smoothing_loss": lambda m: losses.label_smoothing_loss(S, Y, mask=m),
+    "virtual_teacher_loss": lambda m: losses.virtual_teacher_loss(S, Y, mask=m),
+}
+
+
+@pytest.mark.parametrize("fn", sorted(MASK_FNS))
+@pytest.mark.parametrize("mask,exc", [
+    (torch.ones(4), TypeError),                          # float 0/1 instead of bool
+    (torch.ones(4, dtype=torch.int64), TypeError),       # an attention mask as ints: say .bool()
+    ([True] * 4, TypeError),
+    (torch.ones(1, dtype=torch.bool), ValueError),       # would broadcast over the 4 rows
+    (torch.ones((), dtype=torch.bool), ValueError),
+    (torch.ones(4, 1, dtype=torch.bool), ValueError),
+    (torch.ones(4, 10, dtype=torch.bool), ValueError),   # per class, not per row
+    (torch.ones(4, dtype=torch.bool, device="meta"), ValueError),  # another device than the logits
+])
+def test_bad_mask_raises(fn, mask, exc):
+    with pytest.raises(exc, match="mask"):
+        MASK_FNS[fn](mask)
+
+
+def test_kernels_fused_kd_loss_agrees_with_kd_loss_under_a_mask():
+    from kdedu.kernels import fused_kd_loss
+
+    mask = torch.tensor([[True, False, True], [True, True, False]])
+    for dtype, rtol in ((F64, 1e-10), (torch.float32, 1e-5)):
+        s = garbage_rows(randn(2, 3, 9, seed=65, scale=3.0), mask).to(dtype).requires_grad_()
+        t = garbage_rows(randn(2, 3, 9, seed=66, scale=3.0), mask).to(dtype).requires_grad_()
+        for reduction in ("batchmean", "sum", "none"):
+            a, b = fused_kd_loss(s, t, 2.0, reduction, mask=mask), losses.kd_loss(s, t, 2.0, reduction, mask)
+            assert_close(a, b.detach().double().numpy(), rtol=rtol, atol=1e-7)
+            for ga, gb in zip(torch.autograd.grad(a.sum(), (s, t)), torch.autograd.grad(b.sum(), (s, t)), strict=True):
+                assert_close(ga, gb.double().numpy(), rtol=rtol, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------
+# reverse_kd_loss and generalized_jsd_loss
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("T", [1.0, 3.0, 0.5])
+def test_gjsd_endpoints_are_forward_and_reverse_kl_without_t2(T):
+    s, t = randn(2, 4, 7, seed=67, scale=2.0), randn(2, 4, 7, seed=68, scale=2.0)
+    fwd, rev = losses.kd_loss(s, t, T, "none"), losses.reverse_kd_loss(s, t, T, "none")
+    assert_close(losses.generalized_jsd_loss(s, t, 0.0, T, "none") * T * T, fwd)
+    assert_close(losses.generalized_jsd_loss(s, t, 1.0, T, "none") * T * T, rev)
+    assert_close(rev, ref_reverse_rows(s, t, T))
+    assert not torch.allclose(fwd, rev)  # the two directions differ
+
+
+def test_gjsd_tends_to_the_kls_near_its_ends():
+    """Huszar 2015, GKD: JSD_beta / beta -> KL(p_t || p_s) as beta -> 0, JSD_beta / (1 - beta) -> KL(p_s || p_t)."""
+    s, t = randn(5, 6, seed=69, scale=2.0), randn(5, 6, seed=70, scale=2.0)
+    eps = 1e-6
+    p_s, p_t = ref_softmax(s), ref_softmax(t)
+    assert_close(losses.generalized_jsd_loss(s, t, eps, reduction="none") / eps, ref_kl(p_t, p_s), rtol=1e-4)
+    assert_close(losses.generalized_jsd_loss(s, t, 1 - eps, reduction="none") / eps, ref_kl(p_s, p_t), rtol=1e-4)
+
+
+@settings(max_examples=40, deadline=None, database=None)
+@given(lead=st.lists(st.integers(1, 3), min_size=0, max_size=2), C=st.integers(1, 7), beta=st.floats(0.0, 1.0),
+       T=st.floats(0.2, 10.0), seed=st.integers(0, 2**16))
+def test_gjsd_property_reference_and_symmetries(lead, C, beta, T, seed):
+    s, t = randn(*lead, C, seed=seed, scale=3.0), randn(*lead, C, seed=seed + 1, scale=3.0)
+    got = losses.generalized_jsd_loss(s, t, beta, T, "none")
+    assert_close(got, ref_gjsd_rows(s, t, beta, T), rtol=1e-7, atol=1e-12)
+    # swapping the two models swaps the weights (unless 1 - beta rounds to an endpoint that beta is not:
+    # the endpoints are conventions, not limits); 0 against oneself; the symmetric JSD is at most log 2
+    if (beta in (0.0, 1.0)) == ((1 - beta) in (0.0, 1.0)):
+        assert_close(losses.generalized_jsd_loss(t, s, 1 - beta, T, "none"), got.numpy(), rtol=1e-7, atol=1e-12)
+    assert_close(losses.generalized_jsd_loss(s, s, beta, T, "none"), np.zeros(tuple(lead)), atol=1e-12)
+    assert torch.all(losses.generalized_jsd_loss(s, t, 0.5, T, "none") <= math.log(2) + 1e-12)
+
+
+@pytest.fixture(scope="module")
+def trl_gjsd():
+    """TRL's GKDTrainer.generalized_jsd_loss: the reference for GKD's convention (a test-only dependency)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TRL warns that trl.experimental is experimental
+        try:
+            from trl.experimental.gkd import GKDTrainer
+        except (ImportError, RuntimeError):
+            try:
+                from trl import GKDTrainer  # trl < 0.24
+            except (ImportError, RuntimeError) as err:
+                pytest.skip(f"trl's GKDTrainer cannot be imported ({type(err).__name__}: {err}); pip install trl")
+    return GKDTrainer.generalized_jsd_loss
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.1, 0.5, 0.9, 1.0])
+@pytest.mark.parametrize("T", [0.5, 1.0, 2.0])
+def test_gjsd_matches_trl(trl_gjsd, beta, T):
+    s = randn(6, 11, seed=71, scale=2.0).requires_grad_()
+    t = randn(6, 11, seed=72, scale=2.0).requires_grad_()
+    for reduction in ("batchmean", "sum"):
+        ours = losses.generalized_jsd_loss(s, t, beta, T, reduction)
+        theirs = trl_gjsd(s, t, beta=beta, temperature=T, reduction=reduction)
+        assert_close(ours, theirs.item())
+        for a, b in zip(torch.autograd.grad(ours, (s, t)), torch.autograd.grad(theirs, (s, t)), strict=True):
+            assert_close(a, b.numpy(), rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.5, 1.0])
+def test_gjsd_matches_trl_on_tokens_with_ignored_labels(trl_gjsd, beta):
+    """TRL's labels (-100 = ignored) are kdedu's mask; both average over the kept tokens."""
+    s, t = randn(2, 5, 8, seed=73, scale=2.0), randn(2, 5, 8, seed=74, scale=2.0)
+    labels = randint(8, 2, 5, seed=75)
+    labels[0, 3:] = labels[1, :2] = -100
+    ours = losses.generalized_jsd_loss(s, t, beta, 1.5, mask=labels != -100)
+    assert_close(ours, trl_gjsd(s, t, labels=labels, beta=beta, temperature=1.5).item())
+
+
+def test_reverse_and_gjsd_padded_vocabulary_finite():
+    """Classes padded with -inf in both models add nothing: equal to the loss on the real classes, finite gradients."""
+    real, padded = 5, 8
+    s, t = randn(4, padded, seed=76), randn(4, padded, seed=77)
+    s[:, real:] = t[:, real:] = -math.inf
+    for fn, ref in ((lambda a, b: losses.reverse_kd_loss(a, b, 2.0, "none"), lambda a, b: ref_reverse_rows(a, b, 2.0)),
+                    (lambda a, b: losses.generalized_jsd_loss(a, b, 0.4, 2.0, "none"),
+                     lambda a, b: ref_gjsd_rows(a, b, 0.4, 2.0))):
+        a, b = s.clone().requires_grad_(), t.clone().requires_grad_()
+        loss = fn(a, b)
+        assert_close(loss, ref(s[:, :real], t[:, :real]))
+        for g in torch.autograd.grad(loss.sum(), (a, b)):
+            assert torch.isfinite(g).all() and torch.all(g[:, real:] == 0)
+    # only the teacher padded: the mixture keeps the student's mass there, the JSD stays finite
+    s_full = randn(4, padded, seed=76).requires_grad_()
+    loss = losses.generalized_jsd_loss(s_full, t, 0.4, 1.0, "none")
+    assert_close(loss, ref_gjsd_rows(s_full, t, 0.4, 1.0))
+    assert torch.isfinite(torch.autograd.grad(loss.sum(), s_full)[0]).all()
+
+
+@pytest.mark.parametrize("beta,exc", [(-0.1, ValueError), (1.5, ValueError), (math.nan, ValueError),
+                                      (True, TypeError), ("0.5", TypeError), (None, TypeError)])
+def test_gjsd_bad_beta_raises(beta, exc):
+    with pytest.raises(exc, match="beta"):
+        losses.generalized_jsd_loss(S, S, beta)
+
+
+def test_reverse_and_gjsd_validate_like_kd_loss():
+    for fn in (losses.reverse_kd_loss, losses.generalized_jsd_loss):
+        with pytest.raises(ValueError, match="class count"):
+            fn(S, torch.zeros(4, 9))
+        with pytest.raises(TypeError, match="teacher_logits"):
+            fn(S, torch.zeros(4, 10, dtype=torch.int64))
+        with pytest.raises(ValueError, match="temperature"):
+            fn(S, S, temperature=0.0)
+        with pytest.raises(ValueError, match="reduction"):
+            fn(S, S, reduction="mean")
+
+
+# ------------------------------------------------------------------------------------------
+# topk_kd_loss
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("reduction", ["batchmean", "sum", "none"])
+@pytest.mark.parametrize("T", [1.0, 2.5])
+def test_topk_with_all_classes_is_kd_loss(reduction, T):
+    s, t = randn(2, 3, 6, seed=78, scale=2.0), randn(2, 3, 6, seed=79, scale=2.0)
+    mask = torch.tensor([[True, False, True], [True, True, True]])
+    want = losses.kd_loss(s, t, T, reduction, mask)
+    assert_close(losses.topk_kd_loss(s, *t.topk(6), T, reduction, mask), want.numpy())
+    perm = torch.randperm(6, generator=torch.Generator().manual_seed(0)).expand(2, 3, 6)  # any order of the C classes
+    assert_close(losses.topk_kd_loss(s, t.gather(-1, perm), perm, T, reduction, mask), want.numpy())
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+@pytest.mark.parametrize("T", [1.0, 3.0])
+def test_topk_matches_brute_force(k, T):
+    s, t = randn(3, 4, 7, seed=80, scale=2.0), randn(3, 4, 7, seed=81, scale=2.0)
+    vals, idx = t.topk(k)
+    got = losses.topk_kd_loss(s, vals, idx, T, "none")
+    assert_close(got, ref_topk_rows(s, vals, idx, T))
+    assert_close(losses.topk_kd_loss(s, vals, idx, T), ref_topk_rows(s, vals, idx, T).mean())
+    # any k distinct classes, not only the teacher's largest: the last k classes, in int32
+    last = torch.arange(7 - k, 7, dtype=torch.int32).expand(3, 4, k)
+    assert_close(losses.topk_kd_loss(s, vals, last, T, "none"), ref_topk_rows(s, vals, last, T))
+
+
+@pytest.mark.parametrize("bad,exc,name", [
+    (lambda v, i: (v, i + 1), ValueError, "teacher_topk_indices"),          # index C is out of range
+    (lambda v, i: (v, i - i - 1), ValueError, "teacher_topk_indices"),      # -1
+    (lambda v, i: (v, i.double()), TypeError, "teacher_topk_indices"),
+    (lambda v, i: (v, i.tolist()), TypeError, "teacher_topk_indices"),
+    (lambda v, i: (v, i[:, :2]), ValueError, "teacher_topk_indices"),       # k mismatch with the logits
+    (lambda v, i: (v[:2], i[:2]), ValueError, "teacher_topk_logits"),       # leading shape mismatch
+    (lambda v, i: (v.long(), i), TypeError, "teacher_topk_logits"),
+    (lambda v, i: (torch.zeros(4, 11), torch.zeros(4, 11, dtype=torch.long)), ValueError, "teacher_topk_logits"),
+])
+def test_topk_bad_input_raises(bad, exc, name):
+    vals, idx = S.topk(3)
+    idx[0, 0] = 9  # the largest valid index (C = 10), so that idx + 1 is out of range
+    with pytest.raises(exc, match=name):
+        losses.topk_kd_loss(S, *bad(vals, idx))
+
+
+# ------------------------------------------------------------------------------------------
+# distillation_loss with ignore_index and mask; the other hard-label losses
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
+def test_distillation_loss_ignored_targets_equal_the_kept_rows(alpha):
+    T = 3.0
+    s, t = randn(2, 5, 6, seed=82, scale=2.0), randn(2, 5, 6, seed=83, scale=2.0)
+    y = randint(6, 2, 5, seed=84)
+    y[0, 3:] = y[1, 0] = -100
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    mask[1, 4] = False
+    for m in (None, mask):
+        keep = (y != -100) if m is None else (y != -100) & m
+        s_bad = garbage_rows(s, keep).requires_grad_()
+        got = losses.distillation_loss(s_bad, t, y, alpha, T, mask=m)
+        want = (1 - alpha) * ref_ce_rows(s[keep], y[keep]).mean() + alpha * ref_kd_rows(s[keep], t[keep], T).mean()
+        assert_close(got, want)
+        assert_close(got, losses.distillation_loss(s[keep], t[keep], y[keep], alpha, T).item())
+        (g,) = torch.autograd.grad(got, s_bad)
+        assert torch.isfinite(g).all() and torch.all(g[~keep] == 0)
+
+
+def test_distillation_loss_other_ignore_index_and_bad_values():
+    s, t, y = randn(6, 4, seed=85), randn(6, 4, seed=86), torch.tensor([0, 1, 2, 3, 2, 1])
+    keep = y != 2
+    assert_close(losses.distillation_loss(s, t, y, ignore_index=2),
+                 losses.distillation_loss(s[keep], t[keep], y[keep]).item())
+    with pytest.raises(ValueError, match="targets"):  # -100 is a class index unless it is ignore_index
+        losses.distillation_loss(s, t, torch.tensor([0, 1, 2, 3, 2, -100]), ignore_index=2)
+    for bad in ("-100", 1.5, None, True):
+        with pytest.raises(TypeError, match="ignore_index"):
+            losses.distillation_loss(s, t, y, ignore_index=bad)
+
+
+def test_label_smoothing_and_virtual_teacher_skip_ignored_rows():
+    z, y = randn(2, 4, 5, seed=87, scale=2.0), randint(5, 2, 4, seed=88)
+    y[1, 1:3] = -100
+    keep = y != -100
+    z_bad = garbage_rows(z, keep)
+    assert_close(losses.label_smoothing_loss(z_bad, y, 0.2), losses.label_smoothing_loss(z[keep], y[keep], 0.2).item())
+    assert_close(losses.virtual_teacher_loss(z_bad, y, 0.6, 2.0),
+                 _ref_virtual_teacher_loss(z[keep], y[keep], 0.6, 2.0, 0.9), rtol=1e-6)
+    mask = keep.clone()
+    mask[0, 0] = False
+    assert_close(losses.label_smoothing_loss(z, y, 0.2, mask=mask),
+                 losses.label_smoothing_loss(z[mask], y[mask], 0.2).item())
+
+
+def test_logit_mse_and_annealing_masked_average_over_kept_elements():
+    s, t = randn(3, 4, 5, seed=89), randn(3, 4, 5, seed=90)
+    mask = randn(3, 4, seed=91) > 0
+    sq = [(a - 0.7 * b) ** 2 for rs, rt, k in zip(_rows(s), _rows(t), mask.reshape(-1).tolist(), strict=True) if k
+          for a, b in zip(rs, rt, strict=True)]
+    s_bad, t_bad = garbage_rows(s, mask), garbage_rows(t, mask)
+    assert_close(losses.annealing_kd_loss(s_bad, t_bad, 0.7, mask=mask), sum(sq) / len(sq))
+    assert_close(losses.logit_mse(s_bad, t_bad, mask=mask), losses.logit_mse(s[mask], t[mask]).item())
+
+
+# ------------------------------------------------------------------------------------------
+# finite differences (float64) for the new losses, with a dropped row
+# ------------------------------------------------------------------------------------------
+def test_new_losses_gradcheck():
+    s, t = randn(3, 2, 5, seed=92).requires_grad_(), randn(3, 2, 5, seed=93).requires_grad_()
+    mask = torch.tensor([[True, True], [False, True], [True, True]])
+    for r in ("batchmean", "sum", "none"):
+        assert torch.autograd.gradcheck(lambda a, b, r=r: losses.reverse_kd_loss(a, b, 1.7, r, mask), (s, t))
+        for beta in (0.0, 0.4, 1.0):
+            assert torch.autograd.gradcheck(
+                lambda a, b, r=r, beta=beta: losses.generalized_jsd_loss(a, b, beta, 1.7, r, mask), (s, t))
+    vals, idx = t.detach().topk(3)
+    assert torch.autograd.gradcheck(lambda a, v: losses.topk_kd_loss(a, v, idx, 2.0, "none", mask),
+                                    (s, vals.clone().requires_grad_()))
+    y = torch.tensor([[1, -100], [2, 3], [-100, 0]])
+    assert torch.autograd.gradcheck(lambda a, b: losses.distillation_loss(a, b, y, 0.4, 2.0, mask=mask), (s, t))
+    assert torch.autograd.gradcheck(lambda a, b: losses.logit_mse(a, b, mask), (s, t))

@@ -6,35 +6,19 @@ import numbers
 
 import torch
 
-from kdedu.losses import _check_pair, _check_reduction, _check_temperature
+from kdedu._validate import check_indices, check_integer, check_mask, check_pair, check_reduction, check_temperature
 
 __all__ = ["fused_kd_loss", "fused_linear_kd_loss"]
 
 
 def _keep_rows(mask, labels, ignore_index, lead: tuple, device) -> torch.Tensor | None:
     """The bool ``(N,)`` vector of rows to use, from ``mask`` and/or ``labels != ignore_index`` (None: all)."""
-    keep = None
-    if mask is not None:
-        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
-            raise TypeError(f"mask must be a bool tensor (True = use the row), got "
-                            f"{mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__}")
-        if tuple(mask.shape) != lead:
-            raise ValueError(f"mask must have shape {lead} (the logits without the class dimension), "
-                             f"got {tuple(mask.shape)}")
-        keep = mask.reshape(-1)
-    if labels is not None:
-        if not isinstance(labels, torch.Tensor) or labels.is_floating_point() or labels.dtype == torch.bool:
-            raise TypeError("labels must be an integer tensor (rows whose label is ignore_index are skipped)")
-        if tuple(labels.shape) != lead:
-            raise ValueError(f"labels must have shape {lead} (the logits without the class dimension), "
-                             f"got {tuple(labels.shape)}")
-        if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
-            raise TypeError(f"ignore_index must be an integer, got {type(ignore_index).__name__}")
-        from_labels = labels.reshape(-1) != ignore_index
+    keep = check_mask(mask, lead, device=device)
+    if labels is not None:  # any integer ids: no range check, which would wait for the device
+        check_indices("labels", labels, lead, device=device)
+        from_labels = labels != check_integer("ignore_index", ignore_index)
         keep = from_labels if keep is None else keep & from_labels
-    if keep is not None and keep.device != device:
-        raise ValueError(f"mask/labels are on {keep.device} but the logits are on {device}")
-    return keep
+    return None if keep is None else keep.reshape(-1)
 
 
 def fused_kd_loss(
@@ -71,9 +55,9 @@ def fused_kd_loss(
     double backward raises. Dispatch (see :func:`kdedu.kernels.backend`): Triton on CUDA, the chunked
     PyTorch reference on CPU, or Triton's interpreter on CPU with ``TRITON_INTERPRET=1``.
     """
-    _check_pair(student_logits, teacher_logits)
-    t = _check_temperature(temperature)
-    _check_reduction(reduction)
+    check_pair(student_logits, teacher_logits)
+    t = check_temperature(temperature)
+    check_reduction(reduction)
     if student_logits.device != teacher_logits.device:
         raise ValueError(f"student_logits and teacher_logits must be on the same device, got "
                          f"{student_logits.device} and {teacher_logits.device}")
@@ -143,7 +127,7 @@ def fused_linear_kd_loss(
     if student_weight.shape[0] != teacher_weight.shape[0]:
         raise ValueError(f"student_weight and teacher_weight must have the same vocabulary size V, got "
                          f"{student_weight.shape[0]} and {teacher_weight.shape[0]}")
-    t = _check_temperature(temperature)
+    t = check_temperature(temperature)
     if reduction not in ("batchmean", "sum"):
         raise ValueError(f"reduction must be 'batchmean' or 'sum' for the fused linear loss, got {reduction!r}")
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or chunk_size < 1:

@@ -16,7 +16,8 @@ import numbers
 import torch
 import torch.nn.functional as F
 
-from kdedu.losses.logits import _check_logits, _check_temperature, kd_loss
+from kdedu._validate import check_indices, check_integer, check_logits, check_temperature
+from kdedu.losses.logits import kd_loss
 
 __all__ = [
     "cosine_hidden_loss",
@@ -131,7 +132,7 @@ def distilbert_loss(
     dropping L_ce costs most, L_mlm least.)
     """
     a_ce, a_mlm, a_cos = _check_weights(weights, 3)
-    t = _check_temperature(temperature)
+    t = check_temperature(temperature)
     total = None
 
     def add(term):
@@ -147,12 +148,10 @@ def distilbert_loss(
     if a_ce > 0:
         add(a_ce * kd_loss(student_logits, teacher_logits, t))
     if a_mlm > 0:
-        _check_logits("mlm_logits", mlm_logits)
-        if not isinstance(mlm_labels, torch.Tensor) or mlm_labels.is_floating_point():
-            raise TypeError("mlm_labels must be an integer tensor of token/class ids (ignore_index to skip)")
-        if tuple(mlm_labels.shape) != tuple(mlm_logits.shape[:-1]):
-            raise ValueError(f"mlm_labels must have shape {tuple(mlm_logits.shape[:-1])} (mlm_logits without "
-                             f"the class dimension), got {tuple(mlm_labels.shape)}")
+        check_logits("mlm_logits", mlm_logits)
+        ignore_index = check_integer("ignore_index", ignore_index)
+        check_indices("mlm_labels", mlm_labels, tuple(mlm_logits.shape[:-1]), mlm_logits.shape[-1], ignore_index,
+                      shape_of="mlm_logits without the class dimension", device=mlm_logits.device)
         if not (mlm_labels != ignore_index).any():
             raise ValueError(f"mlm_labels has no position to predict (all equal ignore_index={ignore_index})")
         c = mlm_logits.shape[-1]

@@ -103,16 +103,17 @@ def _terms(method, teacher, ids, y):
 def test_distilbert_terms(teacher, data):
     ids, y = data
     student = _student()
-    method = DistilBERTKD(student, teacher, temperature=2.0, weights=(5.0, 2.0, 1.0))
+    method = DistilBERTKD(student, teacher, temperature=2.0)  # the recipe's 5 : 2 : 1, divided by 7
     terms, live = _terms(method, teacher, ids, y)
     s, t = student(ids, output_hidden_states=True), _everything(teacher, ids)
     mask = (ids != 0).long()
-    torch.testing.assert_close(terms["kd"], 5.0 * losses.kd_loss(s.logits, t.logits, 2.0))
-    torch.testing.assert_close(terms["ce"], 2.0 * F.cross_entropy(s.logits, y))
-    torch.testing.assert_close(terms["cos"], 1.0 * losses.cosine_hidden_loss(s.hidden_states[-1], t.hidden_at(4), mask))
+    torch.testing.assert_close(terms["kd"], 5 / 7 * losses.kd_loss(s.logits, t.logits, 2.0))
+    torch.testing.assert_close(terms["ce"], 2 / 7 * F.cross_entropy(s.logits, y))
+    torch.testing.assert_close(terms["cosine"], 1 / 7 * losses.cosine_hidden_loss(s.hidden_states[-1], t.hidden_at(4),
+                                                                                  mask))
     total = losses.distilbert_loss(s.logits, t.logits, s.logits, y, s.hidden_states[-1], t.hidden_at(4), 2.0,
                                    (5.0, 2.0, 1.0), mask)
-    torch.testing.assert_close(sum(terms.values()), total)
+    torch.testing.assert_close(7 * sum(terms.values()), total)
     for k in terms:
         torch.testing.assert_close(terms[k], live[k])
     assert method.teacher_needs["hidden_layers"] == (-1,)
@@ -121,34 +122,35 @@ def test_distilbert_terms(teacher, data):
 def test_pkd_terms(teacher, data):
     ids, y = data
     student = _student()
-    method = PKD(student, num_teacher_layers=4, alpha=0.3, temperature=5.0, beta=10.0)
+    method = PKD(student, num_teacher_layers=4, alpha=0.3, temperature=5.0, hidden_weight=10.0)
     assert method.layer_map == {1: 2}
-    method = PKD(student, layer_map={1: 2, 2: 4}, alpha=0.3, temperature=5.0, beta=10.0)
+    method = PKD(student, layer_map={1: 2, 2: 4}, alpha=0.3, temperature=5.0, hidden_weight=10.0)
     terms, _ = _terms(method, teacher, ids, y)
     s, t = student(ids, output_hidden_states=True), _everything(teacher, ids)
     torch.testing.assert_close(terms["ce"], 0.7 * F.cross_entropy(s.logits, y))
     torch.testing.assert_close(terms["kd"], 0.3 * losses.kd_loss(s.logits, t.logits, 5.0))
     s_cls = [h[:, 0] for h in s.hidden_states]
     t_cls = [t.hidden_at(k)[:, 0] for k in range(5)]
-    torch.testing.assert_close(terms["pt"], 10.0 * losses.pkd_loss(s_cls, t_cls, {1: 2, 2: 4}))
+    torch.testing.assert_close(terms["hidden"], 10.0 * losses.pkd_loss(s_cls, t_cls, {1: 2, 2: 4}))
 
 
 def test_tinybert_terms_and_projections(teacher, data):
     ids, y = data
     student = _student(width=16)
     method = TinyBERTKD(student, teacher_width=32, num_teacher_layers=4, temperature=1.0,
-                        weights=(1.0, 2.0, 3.0, 4.0))
+                        embedding_weight=1.0, attention_weight=2.0, hidden_weight=3.0, alpha=0.6)
     assert method.layer_map == {0: 0, 1: 2, 2: 4}
     terms, _ = _terms(method, teacher, ids, y)
     s = student(ids, output_hidden_states=True, output_attentions=True)
     t = _everything(teacher, ids)
-    torch.testing.assert_close(terms["embd"], losses.tinybert_embedding_loss(s.hidden_states[0], t.hidden_at(0),
+    torch.testing.assert_close(terms["embedding"], losses.tinybert_embedding_loss(s.hidden_states[0], t.hidden_at(0),
                                                                              method.proj_embd))
-    torch.testing.assert_close(terms["attn"], 2.0 * losses.tinybert_attention_loss(
+    torch.testing.assert_close(terms["attention"], 2.0 * losses.tinybert_attention_loss(
         [s.attentions[0], s.attentions[1]], [t.attention_at(2), t.attention_at(4)]))
-    torch.testing.assert_close(terms["hidn"], 3.0 * losses.tinybert_hidden_loss(
+    torch.testing.assert_close(terms["hidden"], 3.0 * losses.tinybert_hidden_loss(
         [s.hidden_states[1], s.hidden_states[2]], [t.hidden_at(2), t.hidden_at(4)], method.proj_hidden))
-    torch.testing.assert_close(terms["pred"], 4.0 * losses.kd_loss(s.logits, t.logits, 1.0))
+    torch.testing.assert_close(terms["kd"], 0.6 * losses.kd_loss(s.logits, t.logits, 1.0))
+    torch.testing.assert_close(terms["ce"], 0.4 * F.cross_entropy(s.logits, y))
     trainable = {id(p) for p in method.trainable_parameters()}
     projections = [*method.proj_embd.parameters(), *method.proj_hidden.parameters()]
     assert all(id(p) in trainable for p in projections)
@@ -160,7 +162,7 @@ def test_tinybert_terms_and_projections(teacher, data):
 def test_ckd_terms(teacher, data, combine):
     ids, y = data
     student = _student()
-    method = CKD(student, teacher, combine=combine, alpha=0.4, temperature=3.0, beta=2.0)
+    method = CKD(student, teacher, combine=combine, alpha=0.4, temperature=3.0, hidden_weight=2.0)
     assert method.groups == [[1, 2], [3, 4]]
     terms, live = _terms(method, teacher, ids, y)
     s, t = student(ids, output_hidden_states=True), _everything(teacher, ids)
@@ -169,7 +171,7 @@ def test_ckd_terms(teacher, data, combine):
     s_cls = [h[:, 0] for h in s.hidden_states[1:]]
     t_cls = [t.hidden_at(k)[:, 0] for k in range(1, 5)]
     proj = list(method.projections) if combine == "concat" else None
-    torch.testing.assert_close(terms["ckd"], 2.0 * losses.ckd_loss(s_cls, t_cls, [[0, 1], [2, 3]], combine, proj))
+    torch.testing.assert_close(terms["hidden"], 2.0 * losses.ckd_loss(s_cls, t_cls, [[0, 1], [2, 3]], combine, proj))
     for k in terms:
         torch.testing.assert_close(terms[k], live[k])
 
@@ -177,14 +179,14 @@ def test_ckd_terms(teacher, data, combine):
 def test_alp_terms(teacher, data):
     ids, y = data
     student = _student()
-    method = ALPKD(student, num_teacher_layers=4, beta=0.2, eta=0.3, lam=4.0, temperature=2.0, scale=0.1)
+    method = ALPKD(student, num_teacher_layers=4, alpha=0.3, hidden_weight=4.0, temperature=2.0, scale=0.1)
     terms, _ = _terms(method, teacher, ids, y)
     s, t = student(ids, output_hidden_states=True), _everything(teacher, ids)
-    torch.testing.assert_close(terms["ce"], 0.2 * F.cross_entropy(s.logits, y))
+    torch.testing.assert_close(terms["ce"], 0.7 * F.cross_entropy(s.logits, y))
     torch.testing.assert_close(terms["kd"], 0.3 * losses.kd_loss(s.logits, t.logits, 2.0))
     s_cls = [h[:, 0] for h in s.hidden_states[1:]]
     t_cls = [t.hidden_at(k)[:, 0] for k in range(1, 5)]
-    torch.testing.assert_close(terms["alp"], 4.0 * losses.alp_loss(s_cls, t_cls, 0.1))
+    torch.testing.assert_close(terms["hidden"], 4.0 * losses.alp_loss(s_cls, t_cls, 0.1))
 
 
 def test_errors(teacher, data):
@@ -229,16 +231,25 @@ def test_text_teacher_tiny(tmp_path):
     again = zoo.text_teacher("sentiment-tiny", root=tmp_path, verbose=False, limit=200, num_epochs=1)
     for a, b in zip(m.state_dict().values(), again.state_dict().values(), strict=True):
         assert torch.equal(a, b)
-    # the cached top-block path equals the encoder's own forward (the manual attention mask is right)
-    ids = torch.tensor([[2, 5, 6, 3, 0, 0], [2, 7, 8, 9, 10, 3]])
-    enc, mask = m.encoder, (ids != 0).long()
-    h = enc(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
-    additive = (1.0 - mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
-    top = enc.encoder.layer[-1](h[-2], attention_mask=additive)
-    top = top[0] if isinstance(top, tuple) else top
-    torch.testing.assert_close(top, h[-1])
     with pytest.raises(ValueError, match="unknown recipe"):
         zoo.text_teacher("sentiment-tiny", root=tmp_path, hidden_size=3)
+    with pytest.raises(ValueError, match="train_layers"):
+        zoo.text_teacher("sentiment-tiny", root=tmp_path, verbose=False, limit=50, train_layers=3)
+
+
+def test_text_teacher_trains_only_the_top_blocks_and_the_head(tmp_path):
+    """train_layers=1 of 2: the embeddings and block 1 keep their initial weights; block 2 and the head train."""
+    from kdedu.data import word_tokenizer
+
+    m = zoo.text_teacher("sentiment-tiny", root=tmp_path, verbose=False, limit=96, num_epochs=1, train_layers=1)
+    torch.manual_seed(0)  # the recipe's initial weights (seed 0)
+    init = small_bert(2, 32, 2, vocab_size=word_tokenizer().vocab_size).state_dict()
+    trained = m.encoder.state_dict()
+    frozen = [k for k in init if k.startswith(("embeddings.", "encoder.layer.0."))]
+    top = [k for k in init if k.startswith("encoder.layer.1.")]
+    assert frozen and top
+    assert all(torch.equal(trained[k], init[k]) for k in frozen)
+    assert all(not torch.equal(trained[k], init[k]) for k in top if k.endswith("weight"))
 
 
 @pytest.mark.skipif(os.environ.get("KDEDU_SLOW") != "1", reason="fine-tunes MiniLM (~1 min); set KDEDU_SLOW=1")

@@ -21,10 +21,11 @@ from __future__ import annotations
 import numbers
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from kdedu import losses
+from kdedu.methods.kd import cross_entropy
+from kdedu.outputs import run
 from kdedu.train import Distiller
 
 
@@ -65,8 +66,8 @@ class AnnealingKD(Distiller):
         step = self.schedule(epoch + 1)[epoch]
         self.stage, self.T, self.phi = step["stage"], step["T"], step["phi"]
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        z_s = self.student(x)
+    def forward(self, x, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        z_s = run(self.student, x).require_logits("the student")
         if self.stage == 1:
             return {"annealing": losses.annealing_kd_loss(z_s, self.teacher_logits(x), self.phi)}
-        return {"ce": F.cross_entropy(z_s, y)}
+        return {"ce": cross_entropy(z_s, y)}

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from kdedu import losses
+from kdedu._validate import check_nonnegative, check_temperature, check_unit_interval
+from kdedu.methods.kd import cross_entropy
 from kdedu.methods.teacher_outputs import TransformerDistiller
+from kdedu.outputs import hidden_size, num_layers
 
 
 def contiguous_groups(num_student: int, num_teacher: int) -> list[list[int]]:
@@ -19,7 +21,7 @@ def contiguous_groups(num_student: int, num_teacher: int) -> list[list[int]]:
 
 
 class CKD(TransformerDistiller):
-    """CKD: ``{"ce": (1 - alpha) CE, "kd": alpha T^2 KL, "ckd": beta L_CKD}``.
+    """CKD: ``{"ce": (1 - alpha) CE, "kd": alpha T^2 KL, "hidden": hidden_weight L_CKD}``.
 
     ``L_CKD`` is :func:`kdedu.losses.ckd_loss` on the [CLS] vectors: student layer ``j`` (1..M) matches
     ``f_j`` of the teacher layers ``groups[j-1]`` (hidden-state indices 1..N; default
@@ -30,13 +32,13 @@ class CKD(TransformerDistiller):
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None, num_teacher_layers: int | None = None,
                  groups: list[list[int]] | None = None, combine: str = "mean", teacher_width: int | None = None,
-                 alpha: float = 0.5, temperature: float = 5.0, beta: float = 1.0):
+                 alpha: float = 0.5, temperature: float = 5.0, hidden_weight: float = 1.0):
         super().__init__(student, teacher)
-        losses._check_unit_interval("alpha", alpha)
-        self.temperature = float(losses._check_temperature(temperature))
+        self.alpha = check_unit_interval("alpha", alpha)
+        self.temperature = check_temperature(temperature)
+        self.hidden_weight = check_nonnegative("hidden_weight", hidden_weight)
         if teacher is not None:
-            num_teacher_layers = teacher.encoder.config.num_hidden_layers
-            teacher_width = teacher.encoder.config.hidden_size
+            num_teacher_layers = num_layers(teacher, "teacher")
         if groups is None:
             if num_teacher_layers is None:
                 raise ValueError("give groups, or num_teacher_layers (or a teacher) for contiguous groups")
@@ -47,12 +49,10 @@ class CKD(TransformerDistiller):
         if combine not in ("mean", "concat"):
             raise ValueError(f"combine must be 'mean' or 'concat', got {combine!r}")
         self.groups, self.combine = [list(g) for g in groups], combine
-        self.alpha, self.beta = float(alpha), float(beta)
         self.projections = None
         if combine == "concat":
-            if teacher_width is None:
-                raise ValueError("combine='concat' needs teacher_width (or a live teacher)")
-            d_s = student.encoder.config.hidden_size
+            teacher_width = self._width(teacher, teacher_width, "teacher")
+            d_s = hidden_size(student, "student")
             self.projections = nn.ModuleList(nn.Linear(len(g) * teacher_width, d_s) for g in self.groups)
         self.layers = sorted({k for g in self.groups for k in g})
         self.teacher_needs = {"hidden_layers": tuple(self.layers), "cls_only": True}
@@ -64,6 +64,6 @@ class CKD(TransformerDistiller):
         t_cls = [b.cls_at(k) for k in self.layers]                          # (B, d_t) each
         groups = [[self.layers.index(k) for k in g] for g in self.groups]      # positions in t_cls
         projections = list(self.projections) if self.projections is not None else None
-        return {"ce": (1 - self.alpha) * F.cross_entropy(out.logits, y),
+        return {"ce": (1 - self.alpha) * cross_entropy(out.logits, y),
                 "kd": self.alpha * losses.kd_loss(out.logits, b.logits, self.temperature),
-                "ckd": self.beta * losses.ckd_loss(s_cls, t_cls, groups, self.combine, projections)}
+                "hidden": self.hidden_weight * losses.ckd_loss(s_cls, t_cls, groups, self.combine, projections)}

@@ -1,4 +1,9 @@
-"""The first two methods: training on labels alone, and Hinton's knowledge distillation."""
+"""The first two methods: training on labels alone, and Hinton's knowledge distillation.
+
+Both work with any model and batch that :mod:`kdedu.outputs` understands: a classifier on ``(x, y)``
+batches, a Hugging Face classifier on dict batches, or a language model on padded token batches, where
+labels equal to ``-100`` (Hugging Face's ``ignore_index``) are skipped.
+"""
 
 from __future__ import annotations
 
@@ -7,37 +12,96 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdedu import losses
+from kdedu._validate import check_temperature, check_unit_interval
+from kdedu.outputs import attention_mask_of, run
 from kdedu.train import Distiller
+
+IGNORE_INDEX = -100  # Hugging Face's label for "no target here" (padding, the prompt of a causal LM)
+
+
+def token_rows(logits: torch.Tensor, labels: torch.Tensor | None, inputs=None, causal_lm: bool = False,
+               model: nn.Module | None = None):
+    """Line up logits and labels row by row, and say which rows count.
+
+    Returns ``(logits, labels, keep)``. For a causal LM (``causal_lm=True``) position ``i`` predicts token
+    ``i + 1``: the logits lose their last position and the labels (or the attention mask) their first, the
+    usual one-position shift. ``keep`` (bool, the rows' shape) is ``labels != -100``, and, for token-level
+    logits, also the attention mask; with no labels it is the attention mask alone (or None: every row).
+    """
+    mask = attention_mask_of(inputs, model) if inputs is not None else None
+    if causal_lm:
+        if logits.dim() != 3:
+            raise ValueError(f"a causal LM's logits must be (B, L, V), got {tuple(logits.shape)}")
+        logits = logits[:, :-1]                                                  # (B, L-1, V)
+        labels = labels[:, 1:] if labels is not None else None                   # (B, L-1)
+        mask = mask[:, 1:] if mask is not None else None
+    keep = None
+    if labels is not None:
+        keep = labels != IGNORE_INDEX
+    if mask is not None and tuple(mask.shape) == tuple(logits.shape[:-1]):     # per-token rows only
+        keep = mask.bool() if keep is None else keep & mask.bool()
+    return logits, labels, keep
+
+
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean cross-entropy over the rows in ``keep`` (all rows if None): ``[..., C]`` logits, ``[...]`` labels.
+    0 (with a zero gradient) when no row is kept."""
+    c = logits.shape[-1]
+    if keep is None:
+        return F.cross_entropy(logits.reshape(-1, c), labels.reshape(-1))
+    safe = torch.where(keep, labels, torch.zeros_like(labels))                   # -100 is no class index
+    per_row = F.cross_entropy(logits.reshape(-1, c), safe.reshape(-1), reduction="none")
+    per_row = torch.where(keep.reshape(-1), per_row, torch.zeros_like(per_row))
+    return per_row.sum() / keep.sum().clamp(min=1)
 
 
 class Supervised(Distiller):
-    """No teacher: cross-entropy on the hard labels. ``{"ce": CE(student(x), y)}``."""
+    """No teacher: cross-entropy on the hard labels, ``{"ce": CE(student(x), y)}`` (rows labelled -100
+    are skipped; ``causal_lm=True`` shifts the labels by one position)."""
 
-    def __init__(self, student: nn.Module):
+    def __init__(self, student: nn.Module, causal_lm: bool = False):
         super().__init__(student)
+        self.causal_lm = bool(causal_lm)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"ce": F.cross_entropy(self.student(x), y)}
+    def forward(self, x, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        if y is None:
+            raise ValueError("Supervised needs labels: the batch has none (no y, no 'labels' entry)")
+        z = run(self.student, x).require_logits("the student")
+        z, y, keep = token_rows(z, y, x, self.causal_lm, self.student)
+        return {"ce": cross_entropy(z, y, keep)}
 
 
 class KD(Distiller):
     """Vanilla KD (Hinton et al. 2015): ``(1 - alpha) CE(z_s, y) + alpha T^2 KL(p_t(T) || p_s(T))``.
 
     The two terms are returned separately (``"ce"``, ``"kd"``), already weighted, so their sum is
-    :func:`kdedu.losses.distillation_loss`. ``alpha=1`` trains on the teacher alone (no labels);
-    the teacher can be any frozen module, including a trained copy of the student (born-again, Tf-KD self).
+    :func:`kdedu.losses.distillation_loss` (rows labelled ``-100`` skipped in both). ``alpha=1`` trains on the
+    teacher alone, and then needs no labels: without them there is no ``"ce"`` term, and for token batches the
+    attention mask says which rows count.
+    The teacher can be any frozen module, including a trained copy of the student (born-again, Tf-KD self).
+    ``causal_lm=True``: logits are ``(B, L, V)`` and position ``i`` is scored against token ``i + 1``.
     """
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, alpha: float = 0.5, temperature: float = 4.0):
+    def __init__(self, student: nn.Module, teacher: nn.Module, alpha: float = 0.5, temperature: float = 4.0,
+                 causal_lm: bool = False):
         if teacher is None:
             raise TypeError("teacher must be a torch.nn.Module; for no teacher use Supervised")
         super().__init__(student, teacher)
-        losses._check_unit_interval("alpha", alpha)
-        losses._check_temperature(temperature)
-        self.alpha, self.temperature = float(alpha), float(temperature)
+        self.alpha = check_unit_interval("alpha", alpha)
+        self.temperature = check_temperature(temperature)
+        self.causal_lm = bool(causal_lm)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        z_s = self.student(x)
+    def forward(self, x, y: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        if y is None and self.alpha < 1:
+            raise ValueError(f"KD with alpha={self.alpha} < 1 needs labels for its cross-entropy term; the batch "
+                             f"has none (use alpha=1 to distil from the teacher alone)")
+        z_s = run(self.student, x).require_logits("the student")
         z_t = self.teacher_logits(x)
-        return {"ce": (1 - self.alpha) * F.cross_entropy(z_s, y),
-                "kd": self.alpha * losses.kd_loss(z_s, z_t, self.temperature)}
+        if z_s.shape != z_t.shape:
+            raise ValueError(f"the student's logits {tuple(z_s.shape)} and the teacher's {tuple(z_t.shape)} differ "
+                             f"in shape (different vocabularies or class counts?)")
+        z_s, y, keep = token_rows(z_s, y, x, self.causal_lm, self.student)
+        z_t = z_t[:, :-1] if self.causal_lm else z_t
+        terms = {"ce": (1 - self.alpha) * cross_entropy(z_s, y, keep)} if y is not None else {}
+        terms["kd"] = self.alpha * losses.kd_loss(z_s, z_t, self.temperature, mask=keep)
+        return terms

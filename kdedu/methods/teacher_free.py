@@ -19,6 +19,8 @@ import torch
 from torch import nn
 
 from kdedu import losses
+from kdedu._validate import check_temperature, check_unit_interval
+from kdedu.outputs import run
 from kdedu.train import Distiller
 
 
@@ -27,10 +29,11 @@ class LabelSmoothing(Distiller):
 
     def __init__(self, student: nn.Module, epsilon: float = 0.1):
         super().__init__(student)
-        self.epsilon = losses._check_unit_interval("epsilon", epsilon)
+        self.epsilon = check_unit_interval("epsilon", epsilon)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"ls": losses.label_smoothing_loss(self.student(x), y, self.epsilon)}
+    def forward(self, x, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"ls": losses.label_smoothing_loss(run(self.student, x).require_logits("the student"), y,
+                                                   self.epsilon)}
 
 
 class VirtualTeacherKD(Distiller):
@@ -38,12 +41,12 @@ class VirtualTeacherKD(Distiller):
 
     def __init__(self, student: nn.Module, alpha: float = 0.5, temperature: float = 1.0, correct_prob: float = 0.9):
         super().__init__(student)
-        self.alpha = losses._check_unit_interval("alpha", alpha)
-        self.temperature = losses._check_temperature(temperature)
-        self.correct_prob = losses._check_unit_interval("correct_prob", correct_prob)
+        self.alpha = check_unit_interval("alpha", alpha)
+        self.temperature = check_temperature(temperature)
+        self.correct_prob = check_unit_interval("correct_prob", correct_prob)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        z_s = self.student(x)
+    def forward(self, x, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        z_s = run(self.student, x).require_logits("the student")
         return {"tfkd": losses.virtual_teacher_loss(z_s, y, self.alpha, self.temperature, self.correct_prob)}
 
 

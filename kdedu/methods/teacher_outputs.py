@@ -32,6 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from kdedu.data.text import batch_loader, trim_padding
+from kdedu.outputs import attention_mask_of, hidden_size, input_ids_of, num_layers, pad_token_id, run, split_batch
 from kdedu.train import Distiller
 
 __all__ = ["TeacherBatch", "teacher_outputs", "precompute_teacher", "TransformerDistiller", "skip_map",
@@ -110,14 +111,6 @@ def _resolve(layers, n: int, low: int, what: str) -> tuple[int, ...]:
     return tuple(out)
 
 
-def _num_layers(model: nn.Module) -> int:
-    config = getattr(getattr(model, "encoder", model), "config", None)
-    if config is None or not hasattr(config, "num_hidden_layers"):
-        raise TypeError(f"the teacher must be a kdedu.models.SequenceClassifier (around a transformers encoder), "
-                        f"got {type(model).__name__}")
-    return int(config.num_hidden_layers)
-
-
 @torch.no_grad()
 def teacher_outputs(teacher: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                     hidden_layers: Sequence[int] = (), cls_only: bool = True,
@@ -125,25 +118,26 @@ def teacher_outputs(teacher: nn.Module, input_ids: torch.Tensor, attention_mask:
     """Run ``teacher`` (a :class:`~kdedu.models.SequenceClassifier`, in eval mode) on one batch and keep
     the logits, the hidden states ``hidden_layers`` ([CLS] only if ``cls_only``) and the attention maps
     of the blocks ``attention_layers``. Returns a :class:`TeacherBatch`."""
-    n = _num_layers(teacher)
+    n = num_layers(teacher, "teacher")
     hidden_layers = _resolve(hidden_layers, n, 0, "hidden_layers")
     attention_layers = _resolve(attention_layers, n, 1, "attention_layers")
     was_training = teacher.training
     teacher.eval()
     if attention_mask is None:
-        attention_mask = (input_ids != getattr(teacher, "pad_token_id", 0)).long()
-    out = teacher(input_ids, attention_mask, output_hidden_states=bool(hidden_layers),
-                  output_attentions=bool(attention_layers))
+        attention_mask = attention_mask_of(input_ids, teacher)
+        attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+    out = run(teacher, {"input_ids": input_ids, "attention_mask": attention_mask},
+              hidden_states=bool(hidden_layers), attentions=bool(attention_layers))
     teacher.train(was_training)
     if not (hidden_layers or attention_layers):
-        return TeacherBatch(input_ids, attention_mask, out, num_layers=n)
+        return TeacherBatch(input_ids, attention_mask.long(), out.require_logits("the teacher"), num_layers=n)
     hidden = None
     if hidden_layers:
         states = [out.hidden_states[k] for k in hidden_layers]                  # each (B, L, H)
         hidden = torch.stack([h[:, 0] if cls_only else h for h in states], 1)  # (B, n, H) or (B, n, L, H)
     attentions = torch.stack([out.attentions[k - 1] for k in attention_layers], 1) if attention_layers else None
-    return TeacherBatch(input_ids, attention_mask.long(), out.logits, hidden, attentions, hidden_layers,
-                        attention_layers, bool(cls_only), n)
+    return TeacherBatch(input_ids, attention_mask.long(), out.require_logits("the teacher"), hidden, attentions,
+                        hidden_layers, attention_layers, bool(cls_only), n)
 
 
 class _Collate:
@@ -200,16 +194,22 @@ def precompute_teacher(teacher: nn.Module, loader: DataLoader, hidden_layers: Se
         raise TypeError(f"loader must be a torch DataLoader of (input_ids, y), got {type(loader).__name__}")
     device = torch.device(device) if device is not None else next(teacher.parameters()).device
     parts, ys = [], []
-    for x, y in loader:
+    for batch in loader:
+        x, y = split_batch(batch)
         if isinstance(x, TeacherBatch):
             raise TypeError("loader already yields TeacherBatch objects: it is precomputed")
-        out = teacher_outputs(teacher, x.to(device), None, hidden_layers, cls_only, attention_layers)
+        ids = input_ids_of(x)
+        if ids is None:
+            raise TypeError(f"loader must yield (input_ids, y) pairs or dicts with 'input_ids', got {type(x).__name__}")
+        mask = x.get("attention_mask") if isinstance(x, dict) else None
+        out = teacher_outputs(teacher, ids.to(device), None if mask is None else mask.to(device), hidden_layers,
+                              cls_only, attention_layers)
         parts.append(out.to("cpu"))
         ys.append(y)
     if not parts:
         raise ValueError("loader is empty")
     width = max(p.input_ids.shape[1] for p in parts)  # batches may differ in width: right-pad them to one
-    pad_id = getattr(teacher, "pad_token_id", 0)
+    pad_id = pad_token_id(teacher) or 0
     token_dims = {"input_ids": (1,), "attention_mask": (1,), "hidden": () if cls_only else (2,),
                   "attentions": (3, 4), "logits": ()}
 
@@ -265,15 +265,32 @@ class TransformerDistiller(Distiller):
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None):
         super().__init__(student, teacher)
-        self.num_student_layers = _num_layers(student)
+        self.num_student_layers = num_layers(student, "student")
 
     def _batch(self, x) -> TeacherBatch:
+        """The batch with the teacher's outputs: as stored, or computed now by the live teacher."""
         if isinstance(x, TeacherBatch):
             return x
-        if isinstance(x, torch.Tensor) and self.teacher is not None:
-            return teacher_outputs(self.teacher, x, None, **self.teacher_needs)
-        raise TypeError(f"{type(self).__name__} needs x to be a TeacherBatch (from precompute_teacher) or "
-                        f"input_ids with a live teacher; got {type(x).__name__} and teacher={self.teacher!r:.40}")
+        ids = input_ids_of(x)
+        if ids is not None and self.teacher is not None:
+            mask = x.get("attention_mask") if isinstance(x, dict) else None
+            return teacher_outputs(self.teacher, ids, mask, **self.teacher_needs)
+        raise TypeError(f"{type(self).__name__} needs x to be a TeacherBatch (from precompute_teacher), or input_ids "
+                        f"(a tensor, or a dict with 'input_ids') with a live teacher; got {type(x).__name__} and "
+                        f"teacher={type(self.teacher).__name__}")
 
     def _student(self, b: TeacherBatch, attentions: bool = False):
-        return self.student(b.input_ids, b.attention_mask, output_hidden_states=True, output_attentions=attentions)
+        """The student's :class:`~kdedu.outputs.Outputs` on the batch, with every hidden state (and the
+        attention maps if asked)."""
+        out = run(self.student, {"input_ids": b.input_ids, "attention_mask": b.attention_mask},
+                  hidden_states=True, attentions=attentions)
+        out.require_logits("the student")
+        return out
+
+    def _width(self, model: nn.Module | None, given: int | None, role: str) -> int:
+        """The hidden size of ``model`` if it is there, else ``given`` (for a precomputed teacher)."""
+        if model is not None:
+            return hidden_size(model, role)
+        if isinstance(given, bool) or not isinstance(given, int) or given < 1:
+            raise ValueError(f"without a live teacher, give teacher_width (a positive integer), got {given!r}")
+        return given

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from kdedu.methods import KD, Supervised
 from kdedu.models import MLP
-from kdedu.train import Distiller, History, evaluate, fit, predict, seed_everything
+from kdedu.train import Distiller, History, evaluate, fit, lr_factor, predict, seed_everything
 
 
 def blobs(n: int, seed: int):
@@ -66,7 +66,7 @@ def test_fit_sgd_cosine_learns_and_anneals(tmp_path):
     student = make_student(dropout=0.0)
     ckpt = tmp_path / "run.pt"
     history = fit(Supervised(student), train, val, num_epochs=10, lr=0.1, optimizer="sgd", momentum=0.8,
-                  weight_decay=1e-4, cosine=True, checkpoint=ckpt, progress=False)
+                  weight_decay=1e-4, schedule="cosine", checkpoint=ckpt, progress=False)
     assert history.last["val_acc"] >= 0.95
     group = torch.load(ckpt, weights_only=False)["optimizer"]["param_groups"][0]
     assert group["momentum"] == 0.8 and group["weight_decay"] == 1e-4
@@ -101,7 +101,8 @@ def test_history_logs_weighted_means_of_the_terms():
         assert record["loss"] == pytest.approx(record["a"] + 2.0)
         assert record["time_s"] > 0
     assert history.keys()[:3] == ["epoch", "a", "b"]
-    assert set(history.keys()) == {"epoch", "a", "b", "loss", "val_acc", "val_loss", "time_s"}
+    assert set(history.keys()) == {"epoch", "a", "b", "loss", "lr", "val_acc", "val_loss", "time_s"}
+    assert history["lr"] == [1e-3] * 3  # the default: a constant learning rate
 
 
 def test_history_keys_for_kd():
@@ -153,6 +154,98 @@ def test_seed_everything():
     for bad in (-1, 1.5, "0", None):
         with pytest.raises(ValueError, match="seed"):
             seed_everything(bad)
+
+
+# ------------------------------------------------------------------------------------------
+# gradient accumulation, clipping, learning-rate schedules, precision
+# ------------------------------------------------------------------------------------------
+def _sgd_run(batch_size, n=48, grad_accum_steps=1, num_epochs=2, **kwargs):
+    """SGD without dropout on the first n blob points, in order: a deterministic run to compare."""
+    x, y = blobs(n, 0)
+    student = make_student(dropout=0.0)
+    history = fit(Supervised(student), DataLoader(TensorDataset(x, y), batch_size=batch_size), None,
+                  num_epochs=num_epochs, lr=0.1, optimizer="sgd", grad_accum_steps=grad_accum_steps, seed=0,
+                  device="cpu", progress=False, **kwargs)
+    return history, student
+
+
+@pytest.mark.parametrize("n", [48, 40])
+def test_grad_accumulation_equals_one_big_batch(n):
+    """k batches of size b accumulated = one step on a batch of k*b. With n=40 the 5 batches of 8 form groups
+    of 3 and 2 batches: the last, partial group still steps (as one batch of 16)."""
+    small, small_student = _sgd_run(8, n, grad_accum_steps=3, schedule="linear")
+    big, big_student = _sgd_run(24, n, schedule="linear")
+    for a, b in zip(small_student.parameters(), big_student.parameters(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    assert small["lr"] == pytest.approx(big["lr"])  # the same steps: 2 per epoch, 4 in all
+    assert small["lr"] == pytest.approx([0.1 * 3 / 4, 0.1 * 1 / 4])
+    assert small["ce"] == pytest.approx(big["ce"], rel=1e-6)  # the logged means weight batches by size
+    _, one_step = _sgd_run(8, n, grad_accum_steps=1, schedule="linear")
+    assert not all(torch.allclose(a, b) for a, b in zip(one_step.parameters(), big_student.parameters(), strict=True))
+
+
+def test_clipping_bounds_the_update():
+    """One SGD step with max_grad_norm: the same as torch.nn.utils.clip_grad_norm_ done by hand."""
+    x, y = blobs(32, 0)
+    student = make_student(dropout=0.0)
+    manual = copy.deepcopy(student)
+    fit(Supervised(student), DataLoader(TensorDataset(x, y), batch_size=32), None, num_epochs=1, lr=0.5,
+        optimizer="sgd", momentum=0.0, max_grad_norm=0.01, device="cpu", progress=False)
+    F.cross_entropy(manual(x), y).backward()
+    norm = torch.nn.utils.clip_grad_norm_(list(manual.parameters()), 0.01)
+    assert norm > 0.1  # the gradient was really clipped (by more than 10x)
+    with torch.no_grad():
+        for p in manual.parameters():
+            p -= 0.5 * p.grad
+    for a, b in zip(student.parameters(), manual.parameters(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-6)
+    init = make_student(dropout=0.0)
+    step = torch.cat([(a - b).flatten() for a, b in zip(student.parameters(), init.parameters(), strict=True)])
+    assert step.norm() <= 0.5 * 0.01 * (1 + 1e-5)  # |update| = lr x clipped norm
+
+
+def _closed_form_lr(lr, step, total, warmup, schedule):
+    if step < warmup:
+        return lr * step / warmup
+    p = (step - warmup) / (total - warmup)
+    return {"constant": lr, "linear": lr * (1 - p), "cosine": lr * 0.5 * (1 + np.cos(np.pi * p))}[schedule]
+
+
+@pytest.mark.parametrize("schedule", ["constant", "linear", "cosine"])
+@pytest.mark.parametrize("grad_accum_steps", [1, 2])
+def test_lr_schedule_per_step_against_closed_form(schedule, grad_accum_steps, tmp_path):
+    """The history's lr (the last step's of each epoch) follows warmup then decay, step by step."""
+    batches = 1 if grad_accum_steps == 1 else 3  # 3 batches, groups of 2 and 1: 2 steps per epoch
+    x, y = blobs(8 * batches, 0)
+    steps_per_epoch = -(-batches // grad_accum_steps)
+    history = fit(Supervised(make_student()), DataLoader(TensorDataset(x, y), batch_size=8), None, num_epochs=10,
+                  lr=0.2, schedule=schedule, warmup_steps=3, grad_accum_steps=grad_accum_steps, device="cpu",
+                  progress=False, checkpoint=tmp_path / "run.pt")
+    total = 10 * steps_per_epoch
+    last_steps = [(e + 1) * steps_per_epoch - 1 for e in range(10)]  # the 0-based step that ends epoch e
+    assert history["lr"] == pytest.approx([_closed_form_lr(0.2, s, total, 3, schedule) for s in last_steps])
+    if grad_accum_steps == 1:
+        assert history["lr"][:3] == pytest.approx([0.0, 0.2 / 3, 0.4 / 3])  # warmup from 0
+    end = torch.load(tmp_path / "run.pt", weights_only=False)
+    assert end["scheduler"]["last_epoch"] == total  # one scheduler step per optimiser step
+    assert end["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.2 if schedule == "constant" else 0.0)
+    assert lr_factor(5, 10, 0, schedule) == pytest.approx(_closed_form_lr(1.0, 5, 10, 0, schedule))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 autocast needs CUDA")
+def test_bf16_on_cuda():
+    train, val = loaders()
+    student = make_student()
+    history = fit(Supervised(student), train, val, num_epochs=5, lr=1e-2, precision="bf16", device="cuda",
+                  progress=False)
+    assert all(p.dtype == torch.float32 and p.is_cuda for p in student.parameters())  # fp32 master weights
+    assert history.last["val_acc"] >= 0.9 and history["loss"][-1] < history["loss"][0]
+
+
+def test_bf16_on_cpu_is_an_error():
+    train, _ = loaders(n_train=32)
+    with pytest.raises(ValueError, match="precision='bf16'.*CUDA"):
+        fit(Supervised(make_student()), train, None, num_epochs=1, precision="bf16", device="cpu")
 
 
 # ------------------------------------------------------------------------------------------
@@ -210,10 +303,11 @@ class CountingSupervised(Supervised):
         self.epochs_run += 1
 
 
-def _run(epochs, ckpt, train, val, cosine=False, stop_at=None):
+def _run(epochs, ckpt, train, val, schedule="constant", stop_at=None):
     student = make_student()
     method = CountingSupervised(student, stop_at)
-    history = fit(method, train, val, num_epochs=epochs, lr=1e-2, cosine=cosine, checkpoint=ckpt, progress=False)
+    history = fit(method, train, val, num_epochs=epochs, lr=1e-2, schedule=schedule, checkpoint=ckpt,
+                  progress=False)
     return history, student, method.epochs_run
 
 
@@ -238,10 +332,10 @@ def test_interrupted_cosine_run_resumes_identically(tmp_path):
     """A cosine run killed after 2 of 4 epochs and restarted gives the uninterrupted run
     (optimizer, scheduler and RNG state all come back from the checkpoint)."""
     train, val = loaders(n_train=96)
-    full, full_student, _ = _run(4, tmp_path / "full.pt", train, val, cosine=True)
+    full, full_student, _ = _run(4, tmp_path / "full.pt", train, val, schedule="cosine")
     with pytest.raises(KeyboardInterrupt):
-        _run(4, tmp_path / "killed.pt", train, val, cosine=True, stop_at=2)
-    resumed, resumed_student, n = _run(4, tmp_path / "killed.pt", train, val, cosine=True)
+        _run(4, tmp_path / "killed.pt", train, val, schedule="cosine", stop_at=2)
+    resumed, resumed_student, n = _run(4, tmp_path / "killed.pt", train, val, schedule="cosine")
     assert n == 2
     assert without_time(resumed) == without_time(full)
     assert same_weights(resumed_student, full_student)
@@ -267,6 +361,66 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     assert n == 1 and len(history) == 2
 
 
+class NoisyKD(Distiller):
+    """A method that draws from every RNG a run uses: torch (input noise), Python and NumPy (a random
+    temperature), on top of the student's dropout and the loader's shuffling."""
+
+    def __init__(self, student, teacher, stop_at=None):
+        super().__init__(student, teacher)
+        self.stop_at = stop_at
+
+    def on_epoch_start(self, epoch, num_epochs):
+        if epoch == self.stop_at:
+            raise KeyboardInterrupt
+
+    def forward(self, x, y):
+        x = x + 0.1 * torch.randn_like(x)
+        temperature = 1.0 + random.random() + float(np.random.uniform(0, 1))
+        z_s, z_t = self.student(x), self.teacher_logits(x)
+        kd = temperature**2 * F.kl_div(F.log_softmax(z_s / temperature, -1), F.log_softmax(z_t / temperature, -1),
+                                       reduction="batchmean", log_target=True)
+        return {"ce": 0.5 * F.cross_entropy(z_s, y), "kd": 0.5 * kd}
+
+
+def _shuffled_loader(kind):
+    """A fresh shuffled loader, as a new session would build it: ordered by torch's global RNG, by the
+    loader's own seeded generator, or by a seeded LengthGroupedBatches (kdedu.data.text_loader's way)."""
+    from kdedu.data.text import LengthGroupedBatches
+
+    data = TensorDataset(*blobs(90, 0))
+    if kind == "global":
+        return DataLoader(data, batch_size=16, shuffle=True)
+    if kind == "generator":
+        return DataLoader(data, batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(3))
+    lengths = torch.arange(90) % 7
+    return DataLoader(data, batch_sampler=LengthGroupedBatches(lengths, 16, shuffle=True, seed=3, pool_batches=2))
+
+
+@pytest.mark.parametrize("kind", ["global", "generator", "length_grouped"])
+def test_resume_is_bit_exact(tmp_path, kind):
+    """Killed after epoch 2 of 5 and resumed in a 'new session' (fresh loaders, student, teacher): the same
+    weights and history, to the last bit, as the uninterrupted run: every RNG comes back from the checkpoint."""
+
+    def run(ckpt, stop_at=None):
+        student, teacher = make_student(dropout=0.3), make_student(seed=9, dropout=0.0)
+        method = NoisyKD(student, teacher, stop_at)
+        val = DataLoader(TensorDataset(*blobs(40, 1)), batch_size=16)
+        history = fit(method, _shuffled_loader(kind), val, num_epochs=5, lr=1e-2, schedule="cosine",
+                      warmup_steps=2, grad_accum_steps=2, max_grad_norm=1.0, seed=4, device="cpu",
+                      checkpoint=ckpt, progress=False)
+        return history, student
+
+    full, full_student = run(tmp_path / "full.pt")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "killed.pt", stop_at=2)
+    state = torch.load(tmp_path / "killed.pt", weights_only=False)
+    assert state["epoch"] == 2 and len(state["rng"]["loaders"]) == (0 if kind == "global" else 1)
+    resumed, resumed_student = run(tmp_path / "killed.pt")
+    assert without_time(resumed) == without_time(full)  # exact float equality
+    assert same_weights(resumed_student, full_student)
+    assert len({tuple(e.values()) for e in without_time(full)}) == 5  # the epochs differ: a real run
+
+
 # ------------------------------------------------------------------------------------------
 # evaluate / predict
 # ------------------------------------------------------------------------------------------
@@ -290,6 +444,93 @@ def test_evaluate_and_predict_against_manual_computation():
 
 
 # ------------------------------------------------------------------------------------------
+# dict batches and Hugging Face models
+# ------------------------------------------------------------------------------------------
+class DictSupervised(Distiller):
+    """Cross-entropy of a Hugging Face classifier called on a dict batch (its ModelOutput's logits)."""
+
+    def forward(self, inputs, labels):
+        return {"ce": F.cross_entropy(self.student(**inputs).logits, labels)}
+
+
+def token_dicts(n, seed, length=8):
+    """Dict examples: [CLS]=2, random tokens, a padded tail; the label says whether token 1 is >= 27."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(4, 50, (n, length), generator=g)
+    ids[:, 0] = 2
+    real = torch.randint(3, length + 1, (n,), generator=g)                      # (N,) tokens before padding
+    mask = (torch.arange(length)[None] < real[:, None]).long()                  # (N, L)
+    ids = ids * mask
+    labels = (ids[:, 1] >= 27).long()
+    return [{"input_ids": ids[i], "attention_mask": mask[i], "labels": labels[i]} for i in range(n)]
+
+
+def tiny_bert():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=32, max_position_embeddings=16, num_labels=2)
+    return transformers.BertForSequenceClassification(config)
+
+
+def test_fit_dict_batches_with_a_hugging_face_model():
+    model = tiny_bert()
+    train = DataLoader(token_dicts(256, 0), batch_size=32, shuffle=True)  # default_collate: a dict of (B, L)
+    val = DataLoader(token_dicts(128, 1), batch_size=64)
+    before = evaluate(model, val)
+    history = fit(DictSupervised(model), train, val, num_epochs=8, lr=3e-3, device="cpu", progress=False)
+    assert history["ce"][-1] < 0.7 * history["ce"][0]
+    assert history.last["val_acc"] > max(before["acc"], 0.75) and history.last["val_loss"] < before["loss"]
+    # evaluate reads the ModelOutput's logits on dict batches: the same numbers by hand
+    batch = next(iter(DataLoader(token_dicts(128, 1), batch_size=128)))
+    model.eval()
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logits_p, labels_p = predict(model, val)
+    torch.testing.assert_close(logits_p, logits)
+    assert torch.equal(labels_p, batch["labels"])
+    metrics = evaluate(model, val)
+    assert metrics["acc"] == pytest.approx((logits.argmax(-1) == batch["labels"]).float().mean().item())
+    assert metrics["loss"] == pytest.approx(F.cross_entropy(logits, batch["labels"]).item(), rel=1e-5)
+    assert metrics["acc"] == pytest.approx(history.last["val_acc"])
+
+
+class TokenTagger(nn.Module):
+    """Token-level logits (B, L, C) from a dict batch, returned in a dict like a ModelOutput."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Embedding(50, 5)
+
+    def forward(self, input_ids, attention_mask=None):
+        return {"logits": self.embed(input_ids)}
+
+
+def test_evaluate_token_level_skips_ignored_labels():
+    tagger = TokenTagger()
+    ids = torch.randint(0, 50, (6, 7), generator=torch.Generator().manual_seed(0))
+    labels = torch.randint(0, 5, (6, 7), generator=torch.Generator().manual_seed(1))
+    labels[:, 4:] = -100                                                         # padding: no target
+    labels[0] = -100
+    examples = [{"input_ids": ids[i], "labels": labels[i]} for i in range(6)]
+    loader = DataLoader(examples, batch_size=4)
+    keep = labels != -100
+    with torch.no_grad():
+        z = tagger.embed(ids)                                                    # (6, 7, 5)
+    logits, y = predict(tagger, loader)
+    torch.testing.assert_close(logits, z[keep])                                  # (n, 5): one row per labelled token
+    assert torch.equal(y, labels[keep])
+    metrics = evaluate(tagger, loader)
+    assert metrics["acc"] == pytest.approx((z[keep].argmax(-1) == labels[keep]).float().mean().item())
+    assert metrics["loss"] == pytest.approx(F.cross_entropy(z.flatten(0, 1), labels.flatten()).item(), rel=1e-5)
+    # a causal LM: position i is scored against token i + 1
+    shifted = evaluate(tagger, loader, causal_lm=True)
+    keep1 = labels[:, 1:] != -100
+    assert shifted["loss"] == pytest.approx(F.cross_entropy(z[:, :-1][keep1], labels[:, 1:][keep1]).item(), rel=1e-5)
+
+
+# ------------------------------------------------------------------------------------------
 # bad arguments
 # ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kwargs,exc,name", [
@@ -301,6 +542,17 @@ def test_evaluate_and_predict_against_manual_computation():
     ({"optimizer": "rmsprop"}, ValueError, "optimizer"),
     ({"optimizer": "Adam "}, ValueError, "optimizer"),
     ({"seed": -3}, ValueError, "seed"),
+    ({"schedule": "cos"}, ValueError, "schedule"),
+    ({"schedule": None}, ValueError, "schedule"),
+    ({"warmup_steps": -1}, ValueError, "warmup_steps"),
+    ({"warmup_steps": 1.5}, ValueError, "warmup_steps"),
+    ({"grad_accum_steps": 0}, ValueError, "grad_accum_steps"),
+    ({"grad_accum_steps": True}, ValueError, "grad_accum_steps"),
+    ({"max_grad_norm": 0.0}, ValueError, "max_grad_norm"),
+    ({"max_grad_norm": -1.0}, ValueError, "max_grad_norm"),
+    ({"max_grad_norm": "1"}, ValueError, "max_grad_norm"),
+    ({"precision": "fp16"}, ValueError, "precision"),
+    ({"cosine": True}, TypeError, "cosine"),  # the old flag is gone: schedule="cosine"
 ])
 def test_fit_bad_arguments(kwargs, exc, name):
     train, _ = loaders(n_train=32)

@@ -17,7 +17,16 @@ import pytest
 import torch
 
 from kdedu import experiment
-from kdedu.experiment import RunResult, compare, run, table
+from kdedu.experiment import (
+    RunResult,
+    compare,
+    compare_family,
+    holm,
+    min_detectable_effect,
+    run,
+    table,
+    verdict_sentence,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -458,7 +467,8 @@ def test_table_rows_show_mean_and_sample_std():
 
 def test_run_result_is_exported():
     assert experiment.RunResult is RunResult
-    assert set(experiment.__all__) >= {"RunResult", "run", "compare", "table"}
+    assert set(experiment.__all__) >= {"RunResult", "run", "compare", "table", "compare_family", "holm",
+                                       "min_detectable_effect", "verdict_sentence"}
 
 
 def test_compare_sequences_must_pair_up():
@@ -466,3 +476,259 @@ def test_compare_sequences_must_pair_up():
         compare([0.9, 0.8], [0.9, 0.8, 0.7])
     with pytest.raises(ValueError, match="same number"):
         compare([], [])
+
+
+
+# ------------------------------------------------------------------------------------------
+# the statistics policy: p-values, minimum detectable effect, Holm's family, verdict sentences
+# ------------------------------------------------------------------------------------------
+def test_experiment_does_not_import_scipy_at_module_level():
+    """A light core: scipy is imported inside the functions that need it, never when the module loads."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(experiment))
+    top = [node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))]
+    names = [alias.name for node in top if isinstance(node, ast.Import) for alias in node.names]
+    names += [node.module or "" for node in top if isinstance(node, ast.ImportFrom)]
+    assert names and not [n for n in names if n.split(".")[0] == "scipy"], names
+
+
+def test_compare_p_matches_scipy_paired_t_test():
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        n = int(rng.integers(2, 13))
+        b = rng.normal(0.8, 0.02, n)
+        a = b + rng.normal(rng.normal(0, 0.01), rng.uniform(0.001, 0.02), n)
+        got = compare(a, b)
+        assert got["p"] == pytest.approx(stats.ttest_rel(a, b).pvalue, rel=1e-9, abs=1e-300), (a, b)
+        # the verdict (threshold t) and the p-value agree
+        assert (got["verdict"] != "no clear difference") == (got["p"] < 0.05)
+
+
+def test_compare_p_and_mde_edge_cases():
+    # every difference equal and nonzero: no spread, a certain difference
+    up = compare([0.9, 0.8, 0.7], [0.8, 0.7, 0.6])  # d = 0.1 (up to rounding)
+    assert up["p"] == pytest.approx(0.0, abs=1e-9) and up["verdict"] == "better"
+    down = compare([0.5, 0.5, 0.5], [0.75, 0.75, 0.75])  # d = -0.25 exactly
+    assert (down["std"], down["p"], down["mde"], down["verdict"]) == (0.0, 0.0, 0.0, "worse")
+    # every difference 0: no evidence at all
+    same = compare([0.9, 0.8, 0.85], [0.9, 0.8, 0.85])
+    assert (same["p"], same["mde"], same["verdict"]) == (1.0, 0.0, "no clear difference")
+    # one seed: no test
+    one = compare([0.9], [0.1])
+    assert math.isnan(one["p"]) and one["mde"] == math.inf and one["verdict"] == "no clear difference"
+    assert min_detectable_effect(1, 0.5) == math.inf and min_detectable_effect(0, 0.5) == math.inf
+    assert min_detectable_effect(7, 0.0) == 0.0
+
+
+def _rejection_rate(n, std, delta, level, rng, experiments=4000):
+    """Simulated power: the fraction of paired experiments (normal differences, true mean delta) that the
+    two-sided paired t-test at ``level`` calls; the threshold is taken from compare itself."""
+    t_crit = compare(np.arange(n, dtype=float), np.zeros(n), level=level)["t"]
+    d = rng.normal(delta, std, size=(experiments, n))
+    t = d.mean(axis=1) / (d.std(axis=1, ddof=1) / math.sqrt(n))
+    return float(np.mean(np.abs(t) > t_crit))
+
+
+@pytest.mark.parametrize("n,level,power", [(2, 0.95, 0.8), (3, 0.95, 0.8), (5, 0.95, 0.8), (10, 0.90, 0.8),
+                                           (5, 1 - 0.05 / 3, 0.8), (8, 0.95, 0.9), (30, 0.95, 0.8)])
+def test_mde_is_detected_with_the_stated_power_in_simulation(n, level, power):
+    rng = np.random.default_rng(n)
+    std = 0.013
+    mde = min_detectable_effect(n, std, level=level, power=power)
+    assert _rejection_rate(n, std, mde, level, rng) == pytest.approx(power, abs=0.03)
+    # and half of it is detected clearly less often; no effect is called at the rate 1 - level
+    assert _rejection_rate(n, std, mde / 2, level, rng) < power - 0.15
+    assert _rejection_rate(n, std, 0.0, level, rng) == pytest.approx(1 - level, abs=0.015)
+
+
+def test_compare_reports_the_mde_of_its_n_and_spread():
+    b = [0.80, 0.82, 0.79, 0.85, 0.81]
+    a = [bi + 0.005 + 0.01 * dev for bi, dev in zip(b, DEVIATIONS, strict=True)]
+    got = compare(a, b)
+    assert got["power"] == 0.8
+    assert got["mde"] == pytest.approx(min_detectable_effect(5, got["std"]), rel=1e-12)
+    assert compare(a, b, power=0.9)["mde"] > got["mde"] > compare(a, b, level=0.9)["mde"]
+
+
+def test_mde_for_many_seeds_approaches_the_normal_formula():
+    """(z_0.975 + z_0.8) * std / sqrt(n), with the quantiles from printed normal tables."""
+    z_975, z_80 = 1.959964, 0.841621
+    for n, std in [(200, 1.0), (200, 0.02), (1000, 0.5)]:
+        normal = (z_975 + z_80) * std / math.sqrt(n)
+        got = min_detectable_effect(n, std)
+        assert normal < got < 1.01 * normal, (n, got, normal)
+
+
+@pytest.mark.parametrize("effect,n", [(0.5, 34), (0.8, 15)])
+def test_mde_matches_tabulated_sample_sizes(effect, n):
+    """G*Power (paired t-test, two-tailed, alpha 0.05, power 0.80): d_z = 0.5 needs 34 pairs (actual power
+    0.8078), d_z = 0.8 needs 15 (0.8213). So with std 1 the MDE falls below the effect at that n, not at n - 1."""
+    assert min_detectable_effect(n, 1.0) < effect < min_detectable_effect(n - 1, 1.0)
+    # proportional to the spread
+    assert min_detectable_effect(n, 0.02) == pytest.approx(0.02 * min_detectable_effect(n, 1.0), rel=1e-9)
+
+
+@pytest.mark.parametrize("kwargs,name", [({"power": 1.0}, "power"), ({"power": 0.0}, "power"),
+                                         ({"power": 0.04}, "power"), ({"level": 0.5, "power": 0.4}, "power"),
+                                         ({"power": "0.8"}, "power"), ({"level": 1.0}, "level")])
+def test_bad_power_is_rejected(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        compare([0.9, 0.8, 0.7], [0.7, 0.6, 0.6], **kwargs)
+    with pytest.raises(ValueError, match=name):
+        min_detectable_effect(5, 0.01, **kwargs)
+
+
+def _holm_step_down(pvalues, alpha):
+    """Holm (1979) as written: walk the p-values from the smallest; reject while p_(i) <= alpha / (m - i + 1),
+    stop at the first that fails. Returns the set of rejected positions."""
+    m = len(pvalues)
+    rejected = set()
+    for i, (p, pos) in enumerate(sorted((p, pos) for pos, p in enumerate(pvalues)), start=1):
+        if p > alpha / (m - i + 1):
+            break
+        rejected.add(pos)
+    return rejected
+
+
+@pytest.mark.parametrize(
+    "pvalues,adjusted",
+    [([0.01, 0.04, 0.03], [0.03, 0.06, 0.06]),  # 3·0.01, max(3·0.01, 2·0.03), max(…, 1·0.04)
+     ([0.02, 0.5, 0.001, 0.04], [0.06, 0.5, 0.004, 0.08]),
+     ([0.01, 0.011, 0.5], [0.03, 0.03, 0.5]),  # 2·0.011 = 0.022 is lifted to the running maximum 0.03
+     ([0.3, 0.6], [0.6, 0.6]),
+     ([0.04], [0.04]),
+     ([0.5, 0.6, 0.7], [1.0, 1.0, 1.0])],  # capped at 1
+)
+def test_holm_hand_computed(pvalues, adjusted):
+    assert holm(pvalues) == pytest.approx(adjusted, abs=1e-15)
+
+
+def test_holm_agrees_with_the_step_down_procedure():
+    rng = np.random.default_rng(2)
+    for _ in range(500):
+        m = int(rng.integers(1, 7))
+        p = rng.choice([rng.uniform(0, 0.1), rng.uniform(0, 1)], size=m).tolist()
+        p = [round(x, int(rng.integers(2, 6))) for x in p]  # rounding makes ties
+        adjusted = holm(p)
+        assert all(a >= x for a, x in zip(adjusted, p, strict=True)) and max(adjusted) <= 1
+        for alpha in (0.01, 0.05, 0.1, 0.2, 0.5):
+            reject = {pos for pos, a in enumerate(adjusted) if a <= alpha}
+            assert reject == _holm_step_down(p, alpha), (p, alpha)
+
+
+def test_holm_nan_counts_in_the_family_but_is_never_rejected():
+    got = holm([0.01, float("nan"), 0.02])
+    assert got[0] == pytest.approx(0.03) and got[2] == pytest.approx(0.04) and math.isnan(got[1])
+    with pytest.raises(ValueError, match="pvalues"):
+        holm([0.5, 1.5])
+
+
+def _pair(c, spread=0.01, seeds=5):
+    b = [0.80, 0.82, 0.79, 0.85, 0.81, 0.83, 0.78][:seeds]
+    return [bi + c + spread * dev for bi, dev in zip(b, DEVIATIONS + [0.5, -0.5], strict=False)], b
+
+
+def test_compare_family_applies_holm_across_the_family():
+    # p alone: 0.0132 (clear), 0.0132 (clear), 0.165 (not clear)
+    family = {"KD beats no KD": _pair(0.03), ("LS", "no KD"): _pair(-0.03), "TAKD beats KD": _pair(0.012)}
+    got = compare_family(family)
+    assert list(got) == list(family)
+    alone = {k: compare(a, b) for k, (a, b) in family.items()}
+    p_holm = holm([r["p"] for r in alone.values()])
+    for (label, r), ph in zip(got.items(), p_holm, strict=True):
+        for key in ("mean", "std", "se", "t", "wins", "n", "p", "power"):  # the comparison on its own
+            assert r[key] == alone[label][key], key
+        assert r["verdict_unadjusted"] == alone[label]["verdict"]
+        assert r["p_holm"] == pytest.approx(ph, rel=1e-12) and r["m"] == 3
+        assert r["mde"] == pytest.approx(min_detectable_effect(r["n"], r["std"], level=1 - 0.05 / 3), rel=1e-12)
+        assert r["mde"] > alone[label]["mde"]
+    # Holm: 3 · 0.0132 = 0.040 < 0.05 for the smallest, then max(0.040, 2 · 0.0132) for the tie
+    assert got["KD beats no KD"]["p_holm"] == pytest.approx(3 * alone["KD beats no KD"]["p"])
+    assert got["KD beats no KD"]["verdict"] == "better" and got[("LS", "no KD")]["verdict"] == "worse"
+    assert got["TAKD beats KD"]["verdict"] == "no clear difference"
+
+
+def test_compare_family_can_overturn_an_unadjusted_verdict():
+    """p = 0.0132 alone is clear at 5 %; among four comparisons with nothing else clear, 4 · 0.0132 = 0.053 is not."""
+    family = {"claim": _pair(0.03), "b": _pair(0.0), "c": _pair(0.001), "d": _pair(-0.002)}
+    got = compare_family(family)
+    claim = got["claim"]
+    assert claim["verdict_unadjusted"] == "better" and claim["verdict"] == "no clear difference"
+    assert claim["p_holm"] == pytest.approx(4 * claim["p"]) and claim["m"] == 4
+    # a family of one is the comparison alone, the MDE included
+    single = compare_family({"claim": _pair(0.03)}, level=0.95)["claim"]
+    assert single["verdict"] == "better" and single["p_holm"] == single["p"]
+    assert single["mde"] == pytest.approx(compare(*_pair(0.03))["mde"], rel=1e-12)
+
+
+def test_compare_family_with_a_one_seed_comparison():
+    got = compare_family({"one": ([0.9], [0.8]), "five": _pair(0.03)})
+    assert math.isnan(got["one"]["p_holm"]) and got["one"]["verdict"] == "no clear difference"
+    assert got["one"]["mde"] == math.inf
+    assert got["five"]["p_holm"] == pytest.approx(2 * got["five"]["p"]) and got["five"]["verdict"] == "better"
+
+
+@pytest.mark.parametrize("bad", [{}, [(0.1, 0.2)], {"x": ([0.9, 0.8],)}, {"x": [0.9, 0.8, 0.7]}])
+def test_compare_family_rejects_a_malformed_family(bad):
+    with pytest.raises(ValueError, match="comparisons"):
+        compare_family(bad)
+
+
+# _pair(c): d = c + 0.01 · (-1, 0, 1, -2, 2), so mean = c, se = 0.01 · sqrt(2.5 / 5) = 0.00707 (0.71 points)
+@pytest.mark.parametrize(
+    "c,claim,family,sentence",
+    [(0.03, "better", False,
+      "KD beats no KD by 3.00 ± 0.71 points (mean ± s.e., 5 seeds, p = 0.013): the claim holds."),
+     (0.03, "better", True,
+      "KD beats no KD by 3.00 ± 0.71 points (mean ± s.e., 5 seeds, Holm-adjusted p = 0.026): the claim holds."),
+     (-0.03, "better", True,
+      "no KD beats KD by 3.00 ± 0.71 points (mean ± s.e., 5 seeds, Holm-adjusted p = 0.026): the claim that KD "
+      "beats no KD is contradicted."),
+     (-0.03, "worse", False,
+      "no KD beats KD by 3.00 ± 0.71 points (mean ± s.e., 5 seeds, p = 0.013): the claim holds."),
+     (0.012, "better", False,
+      "No clear difference between KD and no KD (KD − no KD = +1.20 ± 0.71 points, mean ± s.e., 5 seeds, "
+      "p = 0.16): the claim that KD beats no KD is not shown at this scale; an effect smaller than 2.66 points "
+      "(the minimum detectable effect at 80 % power) could still be hiding."),
+     (0.012, "better", True,
+      "No clear difference between KD and no KD (KD − no KD = +1.20 ± 0.71 points, mean ± s.e., 5 seeds, "
+      "Holm-adjusted p = 0.33): the claim that KD beats no KD is not shown at this scale; an effect smaller than "
+      "3.24 points (the minimum detectable effect at 80 % power) could still be hiding."),
+     (0.012, "no difference", False,
+      "No clear difference between KD and no KD (KD − no KD = +1.20 ± 0.71 points, mean ± s.e., 5 seeds, "
+      "p = 0.16): consistent with the claim that they perform the same, not a proof of it: an effect smaller "
+      "than 2.66 points (the minimum detectable effect at 80 % power) could still be hiding."),
+     (0.03, "no difference", False,
+      "KD beats no KD by 3.00 ± 0.71 points (mean ± s.e., 5 seeds, p = 0.013): the claim that KD and no KD "
+      "perform the same is contradicted.")],
+)
+def test_verdict_sentence(c, claim, family, sentence):
+    """Numbers by hand: t = c / se; p from the t table with 4 df (t = 4.24 -> 0.013, t = 1.70 -> 0.16); the MDE
+    is 1.682 · std (5 seeds, 95 %) = 2.66 points and, in a family of two (Bonferroni 97.5 %), 2.050 · std."""
+    a, b = _pair(c)
+    result = compare_family({"claim": (a, b), "other": _pair(0.0)})["claim"] if family else compare(a, b)
+    assert verdict_sentence("KD", "no KD", result, claim=claim) == sentence
+
+
+def test_verdict_sentence_edge_cases_and_formatting():
+    one = compare([0.9], [0.85])
+    assert verdict_sentence("A", "B", one) == ("Only one seed (A − B = +5.00 points), too few for a test: the claim "
+                                               "that A beats B is not tested.")
+    same = compare([0.9, 0.8, 0.85], [0.9, 0.8, 0.85])
+    assert verdict_sentence("A", "B", same) == "A and B score the same on all 3 seeds: the claim that A beats B is " \
+                                               "not shown."
+    assert verdict_sentence("A", "B", same, claim="no difference").endswith("consistent with the claim.")
+    certain = compare([0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
+    assert verdict_sentence("A", "B", certain) == ("A beats B by 25.00 ± 0.00 points (mean ± s.e., 3 seeds, "
+                                                   "p < 0.001): the claim holds.")
+    # another scale and unit: a loss in nats, printed as is
+    loss = compare([1.30, 1.20, 1.25], [1.00, 0.95, 1.05])
+    text = verdict_sentence("A", "B", loss, unit="nats", scale=1.0, digits=3)
+    assert text.startswith("A beats B by 0.250 ± 0.029 nats (mean ± s.e., 3 seeds, p = 0.")
+    with pytest.raises(ValueError, match="claim"):
+        verdict_sentence("A", "B", certain, claim="beats")
+    with pytest.raises(ValueError, match="result"):
+        verdict_sentence("A", "B", {"mean": 0.1})

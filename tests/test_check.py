@@ -34,12 +34,34 @@ def test_unknown_exercise_raises_naming_the_id():
 
 
 @pytest.mark.parametrize("answer", [None, ...])
-def test_unanswered_is_falsy(temp_exercise, answer, capsys):
+def test_unanswered_is_falsy_and_gives_no_hint(temp_exercise, answer, capsys):
     result = exercise(temp_exercise, answer)
     assert isinstance(result, Result) and not result
-    assert "not answered" in result.message and "square the number" in result.message
+    assert result.message == check.UNANSWERED and "not answered" in result.message
     out = capsys.readouterr().out
     assert "❌" in out and "not answered" in out and TEST_ID in out
+    assert "square the number" not in out and "Hint" not in out  # the hint only after a wrong answer or on request
+
+
+def test_hint_on_request(temp_exercise, capsys):
+    assert check.hint(temp_exercise) == "square the number"
+    out = capsys.readouterr().out
+    assert "square the number" in out and TEST_ID in out
+    assert check.hint(temp_exercise, verbose=False) == "square the number"
+    assert capsys.readouterr().out == ""
+
+
+def test_hint_of_an_exercise_without_one(temp_exercise, capsys):
+    check.EXERCISES.pop(TEST_ID)
+    register(TEST_ID)(lambda answer: None)
+    assert check.hint(TEST_ID) == ""
+    assert "no hint" in capsys.readouterr().out
+
+
+def test_hint_of_an_unknown_exercise_lists_the_ids():
+    with pytest.raises(ValueError, match="99.no-such-exercise") as err:
+        check.hint("99.no-such-exercise")
+    assert "01.mlp-params" in str(err.value)  # the message lists the registered ids
 
 
 def test_correct_answer_is_truthy(temp_exercise, capsys):
@@ -160,7 +182,21 @@ def test_every_exercise_rejects_an_answer_of_the_wrong_kind(exercise_id):
 
 @pytest.mark.parametrize("exercise_id", sorted(check.EXERCISES))
 @pytest.mark.parametrize("answer", [None, ...])
-def test_every_exercise_reports_an_unanswered_placeholder(exercise_id, answer):
-    """Every chapter's checker: the placeholder left in the notebook is "not answered yet", never a crash."""
-    result = check.exercise(exercise_id, answer, verbose=False)
-    assert not result and "not answered" in result.message
+def test_every_exercise_reports_an_unanswered_placeholder(exercise_id, answer, capsys):
+    """Every chapter's checker: the placeholder left in the notebook prints "not answered yet" and nothing else:
+    the same message for every exercise, without the hint (the rendered book shows it under every exercise)."""
+    result = check.exercise(exercise_id, answer)
+    assert not result and result.message == check.UNANSWERED
+    out = capsys.readouterr().out
+    assert out.strip() == f"❌ [{exercise_id}] {check.UNANSWERED}"
+    registered_hint = check.EXERCISES[exercise_id][1]
+    assert registered_hint and registered_hint not in out and "Hint" not in out
+
+
+@pytest.mark.parametrize("exercise_id", sorted(check.EXERCISES))
+def test_every_exercise_gives_its_hint_on_request_and_after_a_wrong_answer(exercise_id, capsys):
+    registered_hint = check.EXERCISES[exercise_id][1]
+    assert check.hint(exercise_id) == registered_hint
+    assert registered_hint in capsys.readouterr().out
+    result = check.exercise(exercise_id, "not an answer", verbose=False)  # wrong: a string
+    assert not result and f"Hint: {registered_hint}" in result.message

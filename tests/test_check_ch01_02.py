@@ -102,25 +102,38 @@ def test_01_kd_loss():
 # ------------------------------------------------------------------------------------------
 # chapter 02
 # ------------------------------------------------------------------------------------------
-def class_similarity(probs, labels, num_classes):
+def class_similarity(probs, labels, num_classes):  # S of eq. (eq-class-similarity), as in the chapter
     onehot = F.one_hot(labels, num_classes).to(probs.dtype)
     return (onehot.T @ probs) / onehot.sum(dim=0).clamp_min(1).unsqueeze(1)
 
 
-def class_similarity_loop(probs, labels, num_classes):
-    return torch.stack([probs[labels == k].mean(dim=0) for k in range(num_classes)])
+def doubt_matrix(probs, labels, num_classes):
+    off = class_similarity(probs, labels, num_classes).fill_diagonal_(0.0)
+    return off / off.sum(dim=1, keepdim=True)
 
 
-def class_similarity_transposed(probs, labels, num_classes):
-    return class_similarity(probs, labels, num_classes).T
+def doubt_matrix_loop(probs, labels, num_classes):
+    S = torch.stack([probs[labels == k].mean(dim=0) for k in range(num_classes)])
+    return torch.stack([torch.where(torch.arange(num_classes) == k, 0.0, S[k] / (1 - S[k, k]))
+                        for k in range(num_classes)])
 
 
-def class_similarity_sums(probs, labels, num_classes):  # forgot to divide by the class counts
-    return F.one_hot(labels, num_classes).to(probs.dtype).T @ probs
+def doubt_matrix_transposed(probs, labels, num_classes):
+    return doubt_matrix(probs, labels, num_classes).T
 
 
-def class_similarity_global_mean(probs, labels, num_classes):
-    return probs.mean(dim=0).expand(num_classes, num_classes)
+def doubt_matrix_not_renormalised(probs, labels, num_classes):
+    return class_similarity(probs, labels, num_classes).fill_diagonal_(0.0)
+
+
+def doubt_matrix_per_example(probs, labels, num_classes):  # renormalises each example, then averages
+    wrong = probs * (1 - F.one_hot(labels, num_classes).to(probs.dtype))
+    return class_similarity(wrong / wrong.sum(dim=1, keepdim=True), labels, num_classes)
+
+
+def doubt_matrix_keeps_diagonal(probs, labels, num_classes):
+    S = class_similarity(probs, labels, num_classes)
+    return S / S.sum(dim=1, keepdim=True)
 
 
 class HardPlusLogits(Distiller):
@@ -162,12 +175,13 @@ class DetachedStudent(HardPlusLogits):
 
 
 def test_02_class_similarity():
-    assert _verdict("02.class-similarity", class_similarity)
-    assert _verdict("02.class-similarity", class_similarity_loop)
-    r = _verdict("02.class-similarity", class_similarity_transposed)
-    assert not r and "transposed" in r.message
-    assert not _verdict("02.class-similarity", class_similarity_sums)
-    assert not _verdict("02.class-similarity", class_similarity_global_mean)
+    assert _verdict("02.class-similarity", doubt_matrix)
+    assert _verdict("02.class-similarity", doubt_matrix_loop)
+    for wrong, needle in ((doubt_matrix_transposed, "transposed"), (doubt_matrix_not_renormalised, "sum to 1"),
+                          (doubt_matrix_per_example, "before averaging"), (doubt_matrix_keeps_diagonal, "S itself")):
+        r = _verdict("02.class-similarity", wrong)
+        assert not r and needle in r.message, (wrong.__name__, r.message)
+    assert not _verdict("02.class-similarity", class_similarity)  # S itself, the chapter's matrix
 
 
 def test_02_hard_plus_logits():

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from checks import answer_tests
 
-from kdedu import check
+from kdedu import check, losses
 
 
 def _verdict(exercise_id, answer):
@@ -33,22 +33,48 @@ def naive_soft_targets(logits, T):  # right values, but exp overflows for large 
     return e / e.sum(dim=-1, keepdim=True)
 
 
-def centred_kd_limit(z_s, z_t):
+def kd_low_T(z_s, z_t):  # the student's top logit minus its logit for the teacher's top class
+    return z_s.max(dim=-1).values - z_s.gather(-1, z_t.argmax(dim=-1, keepdim=True)).squeeze(-1)
+
+
+def kd_low_T_numeric(z_s, z_t, T=1e-3):  # T KL(p_t(T) || p_s(T)) = kd_loss / T at a small T, in float64
+    return losses.kd_loss(z_s.double(), z_t.double(), T, reduction="none") / T
+
+
+def centred_kd_limit(z_s, z_t):  # the chapter's T -> infinity limit: the wrong limit here
     d = (z_s - z_s.mean(-1, keepdim=True)) - (z_t - z_t.mean(-1, keepdim=True))
     return d.pow(2).sum(-1) / (2 * z_s.shape[-1])
 
 
+def smoothed_towards(y, prior, eps):
+    return (1 - eps) * F.one_hot(y, len(prior)).to(prior.dtype) + eps * prior
+
+
+def smoothed_uniform(y, prior, eps):  # the chapter's label smoothing: ignores the prior
+    C = len(prior)
+    return (1 - eps) * F.one_hot(y, C).to(prior.dtype) + eps / C
+
+
+def smoothed_wrong_classes_only(y, prior, eps):  # 1 - eps to the label, eps spread by the prior over the others
+    onehot = F.one_hot(y, len(prior)).to(prior.dtype)
+    rest = prior * (1 - onehot)
+    return (1 - eps) * onehot + eps * rest / rest.sum(dim=1, keepdim=True)
+
+
+H_SMOOTHED = -(0.91 * math.log(0.91) + 9 * 0.01 * math.log(0.01))  # the entropy of q' (eps = 0.1, C = 10)
+
 CORRECT = {
     "03.soft-targets": [stable_soft_targets, lambda z, T: torch.softmax(z / T, dim=-1)],
-    "03.uniform-entropy": [math.log(10), 2.3026, torch.tensor(math.log(10))],
-    "03.grad-exponent": [-2, -2.0],
-    "03.kd-limit": [centred_kd_limit],
-    "04.smoothed-targets": [lambda y, C, eps: (1 - eps) * F.one_hot(y, C).float() + eps / C],
-    "04.ls-constant": [0.2 * math.log(10), 0.4605],
+    "03.tie-entropy": [math.log(3), 1.0986, torch.tensor(math.log(3))],
+    "03.grad-exponent": [-1, -1.0],
+    "03.kd-limit": [kd_low_T, kd_low_T_numeric],
+    "04.smoothed-targets": [smoothed_towards, lambda y, prior, eps: torch.stack([(1 - eps) * F.one_hot(k, len(prior))
+                                                                                  + eps * prior for k in y])],
+    "04.ls-constant": [H_SMOOTHED, 0.5003],
     "04.virtual-teacher": [
         lambda y, C, a: torch.full((len(y), C), (1 - a) / (C - 1)).scatter(1, y[:, None], a),
     ],
-    "04.matching-a": [0.91, 1 - 0.1 + 0.1 / 10],
+    "04.matching-eps": [10 * 0.1 / 9, 0.1111, 0.111],
 }
 
 WRONG = {
@@ -59,25 +85,27 @@ WRONG = {
         lambda z, T: torch.softmax(z / T, dim=0),  # wrong dimension
         "not a function",
     ],
-    "03.uniform-entropy": [math.log2(10), 1.0, 0.0, "log 10"],
-    "03.grad-exponent": [2, -1, -3, 0],
+    "03.tie-entropy": [math.log2(3), math.log(10), 0.0, math.log(2), "log 3"],
+    "03.grad-exponent": [-2, 1, 0, -3],
     "03.kd-limit": [
-        lambda s, t: (s - t).pow(2).sum(-1) / (2 * s.shape[-1]),  # not centred
-        lambda s, t: 2 * centred_kd_limit(s, t),  # 1/C instead of 1/(2C)
-        lambda s, t: centred_kd_limit(s, t).mean(),  # one number instead of one per row
+        centred_kd_limit,  # the T -> infinity limit
+        lambda s, t: -kd_low_T(s, t),  # sign
+        lambda s, t: t.max(-1).values - t.gather(-1, s.argmax(-1, keepdim=True)).squeeze(-1),  # on the teacher
+        lambda s, t: kd_low_T(s, t).mean(),  # one number instead of one per row
+        lambda s, t: kd_low_T_numeric(s, t, T=1.0),  # not a limit
     ],
     "04.smoothed-targets": [
-        lambda y, C, eps: (1 - eps) * F.one_hot(y, C).float()
-        + eps / (C - 1) * (1 - F.one_hot(y, C).float()),  # eps spread over the wrong classes only
-        lambda y, C, eps: F.one_hot(y, C).float(),  # no smoothing
-        lambda y, C, eps: (1 - eps) * F.one_hot(y, C).float() + eps,  # does not sum to 1
+        smoothed_uniform,
+        smoothed_wrong_classes_only,
+        lambda y, prior, eps: F.one_hot(y, len(prior)).to(prior.dtype),  # no smoothing
+        lambda y, prior, eps: (1 - eps) * F.one_hot(y, len(prior)).to(prior.dtype) + eps,  # does not sum to 1
     ],
-    "04.ls-constant": [math.log(10), 0.2, 0.0, 0.2 * math.log2(10)],
+    "04.ls-constant": [0.1 * math.log(10), -H_SMOOTHED, 0.0, math.log(10)],
     "04.virtual-teacher": [
         lambda y, C, a: torch.full((len(y), C), (1 - a) / C).scatter(1, y[:, None], a),  # divides by C
         lambda y, C, a: (1 - a) * F.one_hot(y, C).float() + a / C,  # swaps the roles
     ],
-    "04.matching-a": [0.9, 0.99, 1.0],
+    "04.matching-eps": [0.1, 0.09, 0.9, 0.12],
 }
 
 test_correct_answers_pass, test_wrong_answers_fail = answer_tests(CORRECT, WRONG)
@@ -91,7 +119,16 @@ def test_every_chapter_03_04_exercise_is_tested():
 def test_specific_messages():
     """The most common mistakes get a message that names them, not just 'wrong'."""
     assert "overflow" in _verdict("03.soft-targets", naive_soft_targets).message
-    assert "bits" in _verdict("03.uniform-entropy", math.log2(10)).message
-    assert "sign" in _verdict("03.grad-exponent", 2).message
-    assert "C - 1" in _verdict("04.smoothed-targets", WRONG["04.smoothed-targets"][0]).message
-    assert "eps / C" in _verdict("04.matching-a", 0.9).message
+    assert "bits" in _verdict("03.tie-entropy", math.log2(3)).message
+    assert "infinity" in _verdict("03.tie-entropy", math.log(10)).message
+    assert "tie" in _verdict("03.tie-entropy", 0.0).message
+    assert "sign" in _verdict("03.grad-exponent", 1).message
+    assert "softened at T too" in _verdict("03.grad-exponent", -2).message
+    assert "infinity limit" in _verdict("03.kd-limit", centred_kd_limit).message
+    assert "never negative" in _verdict("03.kd-limit", WRONG["03.kd-limit"][1]).message
+    assert "teacher's logits" in _verdict("03.kd-limit", WRONG["03.kd-limit"][2]).message
+    assert "uniform" in _verdict("04.smoothed-targets", smoothed_uniform).message
+    assert "1 - eps" in _verdict("04.smoothed-targets", smoothed_wrong_classes_only).message
+    assert "uniform teacher" in _verdict("04.ls-constant", 0.1 * math.log(10)).message
+    assert "sign" in _verdict("04.ls-constant", -H_SMOOTHED).message
+    assert "0.91" in _verdict("04.matching-eps", 0.1).message

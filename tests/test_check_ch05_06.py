@@ -77,28 +77,39 @@ def test_05_translate_wrong(answer, needle):
 
 
 # ------------------------------------------------------------------------------------------
-# chapter 05: my_agreement(logits_a, logits_b)
+# chapter 05: my_kappa(logits_a, logits_b), Cohen's kappa of the two models' predictions
 # ------------------------------------------------------------------------------------------
-def agreement(a, b):
+def agreement(a, b):  # the chapter's agreement p_o: the raw agreement, not the answer
     return (a.argmax(dim=-1) == b.argmax(dim=-1)).float().mean().item()
 
 
-@pytest.mark.parametrize("answer", [
-    agreement,
-    lambda a, b: (a.argmax(-1) == b.argmax(-1)).double().mean(),              # a 0-d tensor is fine
-    lambda a, b: (a.softmax(-1).argmax(-1) == b.softmax(-1).argmax(-1)).sum().item() / len(a),
-])
+def kappa(a, b):
+    pa, pb, C = a.argmax(-1), b.argmax(-1), a.shape[-1]
+    p_o = (pa == pb).float().mean()
+    p_e = (torch.bincount(pa, minlength=C).float() / len(pa) * torch.bincount(pb, minlength=C).float() / len(pb)).sum()
+    return ((p_o - p_e) / (1 - p_e)).item()
+
+
+def kappa_loop(a, b):  # with Python counters, as a 0-d tensor
+    pa, pb = a.argmax(-1).tolist(), b.argmax(-1).tolist()
+    n = len(pa)
+    p_o = sum(u == v for u, v in zip(pa, pb, strict=True)) / n
+    p_e = sum(pa.count(k) * pb.count(k) for k in set(pa)) / n**2
+    return torch.tensor((p_o - p_e) / (1 - p_e))
+
+
+@pytest.mark.parametrize("answer", [kappa, kappa_loop])
 def test_05_agreement_correct(answer):
     result = _verdict("05.agreement", answer)
     assert result, result.message
 
 
 @pytest.mark.parametrize("answer, needle", [
-    (lambda a, b: (a.argmax(-1) == b.argmax(-1)).sum().item(), "divide by the number of rows"),
+    (agreement, "raw agreement"),
+    (lambda a, b: (agreement(a, b) - 1 / a.shape[-1]) / (1 - 1 / a.shape[-1]), "own class frequencies"),
     (lambda a, b: (a.argmax(-1) == b.argmax(-1)).float(), "one number"),
-    (lambda a, b: torch.isclose(a.softmax(-1), b.softmax(-1)).all(-1).float().mean().item(), "too small"),
-    (lambda a, b: (a.argmax(0) == b.argmax(0)).float().mean().item(), "your agreement"),
-    (lambda a, b: 1 - agreement(a, b), "your agreement"),
+    (lambda a, b: 1 - kappa(a, b), "your kappa"),
+    (lambda a, b: kappa(a.T, b.T), "your kappa"),  # argmax over the rows instead of the classes
 ])
 def test_05_agreement_wrong(answer, needle):
     result = _verdict("05.agreement", answer)

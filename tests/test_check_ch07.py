@@ -21,42 +21,54 @@ def _verdict(exercise_id, answer):
 # ------------------------------------------------------------------------------------------
 # 07.assistant-size
 # ------------------------------------------------------------------------------------------
-def pick_log(p_teacher, p_student, candidates):
-    middle = math.sqrt(p_teacher * p_student)
-    return min(candidates, key=lambda p: abs(math.log(p / middle)))
+def targets(p_teacher, p_student, m):  # m sizes evenly spaced on a log scale, from the teacher's side down
+    return [p_teacher ** (1 - i / (m + 1)) * p_student ** (i / (m + 1)) for i in range(1, m + 1)]
 
 
-def pick_log_tensor(p_teacher, p_student, candidates):  # the same rule, in torch, returning a 0-d tensor
+def pick_log(p_teacher, p_student, candidates, m):
+    return [min(candidates, key=lambda p: abs(math.log(p / t))) for t in targets(p_teacher, p_student, m)]
+
+
+def pick_log_tensor(p_teacher, p_student, candidates, m):  # the same rule in torch, returning a tensor
     c = torch.tensor(candidates, dtype=torch.float64)
-    d = (c.log() - 0.5 * (math.log(p_teacher) + math.log(p_student))).abs()
-    return c[d.argmin()]
+    t = torch.tensor(targets(p_teacher, p_student, m), dtype=torch.float64)
+    return c[(c.log()[None, :] - t.log()[:, None]).abs().argmin(dim=1)]
 
 
-def pick_linear(p_teacher, p_student, candidates):  # geometric mean, but the distance on a linear scale
-    middle = math.sqrt(p_teacher * p_student)
-    return min(candidates, key=lambda p: abs(p - middle))
+def pick_ascending(p_teacher, p_student, candidates, m):  # the student's side first
+    return pick_log(p_teacher, p_student, candidates, m)[::-1]
 
 
-def pick_arithmetic(p_teacher, p_student, candidates):
-    middle = (p_teacher + p_student) / 2
-    return min(candidates, key=lambda p: abs(math.log(p / middle)))
+def pick_linear(p_teacher, p_student, candidates, m):  # evenly spaced on a linear scale
+    linear = [p_teacher + (p_student - p_teacher) * i / (m + 1) for i in range(1, m + 1)]
+    return [min(candidates, key=lambda p: abs(p - t)) for t in linear]
 
 
-def pick_geometric_mean_itself(p_teacher, p_student, candidates):  # not one of the candidates
-    return math.sqrt(p_teacher * p_student)
+def pick_targets_themselves(p_teacher, p_student, candidates, m):  # not candidates
+    return targets(p_teacher, p_student, m)
+
+
+def pick_one_assistant(p_teacher, p_student, candidates, m):  # the chapter's rule, whatever m
+    return pick_log(p_teacher, p_student, candidates, 1)
+
+
+def pick_number(p_teacher, p_student, candidates, m):  # a number instead of a list
+    return pick_log(p_teacher, p_student, candidates, 1)[0]
 
 
 @pytest.mark.parametrize("answer", [pick_log, pick_log_tensor])
 def test_07_assistant_size_correct(answer):
-    assert _verdict("07.assistant-size", answer)
+    result = _verdict("07.assistant-size", answer)
+    assert result, result.message
 
 
-@pytest.mark.parametrize("answer, words", [(pick_linear, "log scale"), (pick_arithmetic, "arithmetic"),
-                                           (pick_geometric_mean_itself, "not one of the candidates"),
+@pytest.mark.parametrize("answer, words", [(pick_ascending, "wrong order"), (pick_linear, "linear scale"),
+                                           (pick_targets_themselves, "not candidates"),
+                                           (pick_one_assistant, "needs"), (pick_number, "one number"),
                                            (4810, "function")])
 def test_07_assistant_size_wrong(answer, words):
     result = _verdict("07.assistant-size", answer)
-    assert not result and words in result.message
+    assert not result and words in result.message, result.message
 
 
 # ------------------------------------------------------------------------------------------

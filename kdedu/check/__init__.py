@@ -2,7 +2,10 @@
 
 A check never raises on a wrong answer: it prints what is wrong and a hint, and returns a
 :class:`Result` that is truthy only when the answer is right, so a notebook runs top to bottom
-whether or not the reader has solved the exercise yet (an unanswered exercise is ``None``).
+whether or not the reader has solved the exercise yet. An unanswered exercise (``None`` or ``...``)
+prints only that it is unanswered (:data:`UNANSWERED`), never the hint, so a rendered page shows no
+hint under an exercise nobody has tried. The hint comes after a wrong answer, or on request with
+``kdedu.check.hint("03.soft-targets")``. A hint points at the idea, never at the solution.
 Instructors can ``assert kdedu.check.exercise(...)`` in a grading notebook.
 
 Each exercise is a checker registered with :func:`register`; each chapter's checkers live in their
@@ -17,7 +20,10 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Result", "exercise", "register", "EXERCISES", "close", "function", "same_tensor"]
+__all__ = ["Result", "exercise", "hint", "register", "EXERCISES", "UNANSWERED", "close", "function", "same_tensor"]
+
+UNANSWERED = "not answered yet: replace the `None`/`...` with your answer."
+"""The whole message of an unanswered check, the same for every exercise (no hint)."""
 
 
 @dataclass
@@ -65,23 +71,38 @@ def register(exercise_id: str, hint: str = ""):
     return deco
 
 
-def exercise(exercise_id: str, answer, verbose: bool = True) -> Result:
-    """Check ``answer`` for the exercise ``exercise_id``, print the verdict and return it."""
+def _registered(exercise_id: str) -> tuple[Callable, str]:
     if exercise_id not in EXERCISES:
         raise ValueError(f"exercise_id must be one of {sorted(EXERCISES)}, got {exercise_id!r}")
-    checker, hint = EXERCISES[exercise_id]
+    return EXERCISES[exercise_id]
+
+
+def hint(exercise_id: str, verbose: bool = True) -> str:
+    """Print the hint of the exercise ``exercise_id`` and return it (``""`` if it has none)."""
+    text = _registered(exercise_id)[1]
+    if verbose:
+        print(f"💡 [{exercise_id}] {text}" if text else f"[{exercise_id}] this exercise has no hint.")
+    return text
+
+
+def exercise(exercise_id: str, answer, verbose: bool = True) -> Result:
+    """Check ``answer`` for the exercise ``exercise_id``, print the verdict and return it.
+
+    ``None`` or ``...`` (the placeholder of an unanswered exercise) gives :data:`UNANSWERED` and no hint;
+    a wrong answer gives what is wrong and the hint.
+    """
+    checker, registered_hint = _registered(exercise_id)
     if answer is None or answer is Ellipsis:
-        result = Result(exercise_id, False, "not answered yet: replace the `None`/`...` with your answer."
-                        + (f" Hint: {hint}" if hint else ""))
+        result = Result(exercise_id, False, UNANSWERED)
     else:
         try:
             result = Result(exercise_id, True, checker(answer) or "correct!")
         except Wrong as w:
-            h = w.hint or hint
+            h = w.hint or registered_hint
             result = Result(exercise_id, False, w.what + (f" Hint: {h}" if h else ""))
         except Exception as err:  # the reader's code crashed: say so, with the error
             result = Result(exercise_id, False, f"your answer raised {type(err).__name__}: {err}."
-                            + (f" Hint: {hint}" if hint else ""))
+                            + (f" Hint: {registered_hint}" if registered_hint else ""))
     if verbose:
         print(repr(result))
     return result

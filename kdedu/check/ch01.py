@@ -9,7 +9,8 @@ import torch
 from kdedu.check import Wrong, function, register
 
 
-@register("01.mlp-params", hint="a layer from a to b units has a*b weights and b biases; sum over consecutive widths")
+@register("01.mlp-params", hint="count one layer at a time: it has a weight matrix and a bias vector. Check your "
+                                "function on the MLPs of the chapter's table, counted there with count_parameters.")
 def _check_01_mlp_params(fn):
     function("mlp_params(in_features, hidden, num_classes)", fn)
     import numbers
@@ -41,8 +42,9 @@ def _ch01_kd_inputs(seed: int):
     return z_s, z_t, y
 
 
-@register("01.kd-loss", hint="(1 - alpha) * CE(z_s, y) + alpha * T**2 * mean over rows of -sum_i p_t,i log p_s,i, "
-                             "with p = softmax(z / T)")
+@register("01.kd-loss", hint="keep the hard term and the T**2 of the chapter's distillation_loss and change only "
+                             "the soft term: a cross-entropy needs the teacher's probabilities and the student's "
+                             "log-probabilities, both at temperature T.")
 def _check_01_kd_loss(fn):
     function("distillation_loss_ce(z_s, z_t, y, alpha, T)", fn)
     for seed, (alpha, T) in enumerate(((0.5, 4.0), (0.9, 2.0), (1.0, 1.0), (0.0, 3.0), (0.3, 10.0))):

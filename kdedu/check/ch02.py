@@ -9,31 +9,57 @@ import torch
 from kdedu.check import Wrong, close, function, register, same_tensor
 
 
-@register("02.class-similarity", hint="row k is probs[labels == k].mean(dim=0); stack the C rows into a (C, C) matrix")
+def _ch02_similarity(probs: torch.Tensor, labels: torch.Tensor, c: int) -> torch.Tensor:
+    """S of eq. (eq-class-similarity) by an explicit loop over the examples: row k averages the probs of class k."""
+    s = torch.zeros(c, c, dtype=torch.float64)
+    counts = [0] * c
+    for row, k in zip(probs, labels.tolist(), strict=True):
+        s[k] += row
+        counts[k] += 1
+    for k in range(c):
+        s[k] /= max(counts[k], 1)
+    return s
+
+
+@register("02.class-similarity", hint="build S of eq. (eq-class-similarity) first, then work on its rows: only "
+                                      "the entries off the diagonal say where the doubt goes.")
 def _check_02_class_similarity(fn):
-    function("class_similarity(probs, labels, num_classes)", fn)
+    function("doubt_matrix(probs, labels, num_classes)", fn)
     g = torch.Generator().manual_seed(2)
     for n, c in ((50, 4), (200, 10)):
         probs = torch.softmax(3 * torch.randn(n, c, generator=g, dtype=torch.float64), dim=-1)
-        labels = torch.randint(0, c, (n,), generator=g)
-        expected = torch.zeros(c, c, dtype=torch.float64)  # an explicit loop over the examples
-        counts = [0] * c
-        for row, k in zip(probs, labels.tolist(), strict=True):
-            expected[k] += row
-            counts[k] += 1
+        labels = torch.cat([torch.arange(c), torch.randint(0, c, (n - c,), generator=g)])  # every class occurs
+        s = _ch02_similarity(probs, labels, c)
+        expected = torch.zeros(c, c, dtype=torch.float64)
         for k in range(c):
-            expected[k] /= max(counts[k], 1)
+            for j in range(c):
+                if j != k:
+                    expected[k, j] = s[k, j] / (1 - s[k, k])  # the off-diagonal mass of row k sums to 1 - S_kk
         got = fn(probs.clone(), labels.clone(), c)
-        if isinstance(got, torch.Tensor) and got.shape == (c, c) and \
-                torch.allclose(got.double(), expected.T, atol=1e-6):
-            raise Wrong("your matrix is transposed: row k (not column k) should be the average over the "
-                        "examples whose true label is k.")
-        same_tensor(f"your class_similarity(probs of shape ({n}, {c}), labels, {c})", got, expected)
-    return "matches the per-class average of the probabilities: row k is the teacher's average answer for a k."
+        if isinstance(got, torch.Tensor) and got.shape == (c, c) and not torch.allclose(got.double(), expected):
+            got64 = got.double()
+            off = s * (1 - torch.eye(c, dtype=torch.float64))
+            one_by_one = probs * (1 - torch.nn.functional.one_hot(labels, c).double())  # each example's doubt...
+            one_by_one = one_by_one / one_by_one.sum(dim=1, keepdim=True)                # ...renormalised first
+            diagnoses = [
+                (s, "that is S itself: leave the diagonal out (set it to 0) and renormalise each row."),
+                (off, "the diagonal is out, but each row should sum to 1: divide it by the mass off the diagonal."),
+                (expected.T, "your matrix is transposed: row k is about the examples whose true label is k."),
+                (_ch02_similarity(one_by_one, labels, c), "that renormalises every example before averaging, so "
+                 "an example that barely doubts weighs as much as a confusing one; average first (S), then "
+                 "renormalise the rows of S."),
+            ]
+            for wrong, message in diagnoses:
+                if torch.allclose(got64, wrong, atol=1e-6):
+                    raise Wrong(message)
+        same_tensor(f"your doubt_matrix(probs of shape ({n}, {c}), labels, {c})", got, expected)
+    return ("matches S without its diagonal, each row renormalised: row k says where the teacher's doubt about a k "
+            "goes, and rows of confident and unsure classes become comparable.")
 
 
-@register("02.hard-plus-logits", hint="subclass kdedu.train.Distiller; forward returns {'ce': (1 - alpha) * CE, "
-                                      "'mse': alpha * mean squared error of the logits}")
+@register("02.hard-plus-logits", hint="start from the chapter's LogitMSE: keep alpha in __init__ (after "
+                                      "super().__init__(student, teacher)) and return one weighted term for the "
+                                      "labels and one for the logits, as KD does.")
 def _check_02_hard_plus_logits(cls):
     from torch import nn
 

@@ -15,7 +15,8 @@ def _ch03_logits(seed: int, shape: tuple, scale: float = 3.0) -> torch.Tensor:
 
 
 @register("03.soft-targets",
-          hint="divide the logits by T, subtract each row's max, exponentiate, normalise over dim=-1")
+          hint="a softmax does not change when you add the same number to every logit of a row: choose that number "
+               "so that exp never sees a large positive value.")
 def _check_03_soft_targets(fn):
     function("my_soft_targets(logits, T)", fn)
     for shape in ((5, 7), (2, 3, 10)):
@@ -26,48 +27,88 @@ def _check_03_soft_targets(fn):
     got = fn(big.clone(), 1.0)
     if isinstance(got, torch.Tensor) and not torch.isfinite(got).all():
         raise Wrong("your soft_targets returns nan/inf for logits like [1000, 0]: exp overflows.",
-                    "subtract each row's maximum before torch.exp; the softmax does not change")
+                    "the softmax of a row does not change if you shift all its logits by the same number: which "
+                    "shift keeps exp from overflowing?")
     same_tensor("your soft_targets([[1000, 0], [0, -1000]], 1)", got, torch.softmax(big, dim=-1))
     return "matches softmax(z / T) for every shape and temperature, and is numerically stable."
 
 
-@register("03.uniform-entropy",
-          hint="T -> inf gives the uniform distribution over C = 10 classes; nats use the natural log")
-def _check_03_uniform_entropy(answer):
-    p = torch.softmax(_ch03_logits(0, (10,)) / 1e9, dim=-1)  # the T -> inf limit, computed
-    expected = -(p * p.log()).sum().item()
-    if isinstance(answer, (int, float)) and math.isclose(answer, expected / math.log(2), rel_tol=1e-3):
-        raise Wrong(f"{answer} is the entropy in bits (log base 2); the book measures entropy in nats.")
+TIE_LOGITS = (4.0, 4.0, 4.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, -2.0)  # the exercise's logits: three classes tie at the top
+
+
+@register("03.tie-entropy",
+          hint="divide the numerator and the denominator of the softmax by exp(max z / T), as the chapter does for "
+               "the one-hot limit, and see which terms survive as T -> 0.")
+def _check_03_tie_entropy(answer):
+    z = torch.tensor(TIE_LOGITS, dtype=torch.float64)
+    p = torch.softmax(z / 1e-3, dim=-1)  # the T -> 0 limit, computed: e^(-3000) is 0 in float64
+    expected = -(p * p.clamp_min(1e-300).log()).sum().item()
+    if isinstance(answer, (int, float)) and not isinstance(answer, bool):
+        if math.isclose(answer, expected / math.log(2), rel_tol=1e-3):
+            raise Wrong(f"{answer} is the entropy in bits (log base 2); the book measures entropy in nats.")
+        if math.isclose(answer, math.log(10), rel_tol=1e-3):
+            raise Wrong(f"{answer} is the entropy of the uniform distribution: the T -> infinity limit, not T -> 0.")
+        if abs(answer) < 1e-3:
+            raise Wrong("0 is the entropy of a one-hot vector, the T -> 0 limit when one logit is the largest; "
+                        "here three logits tie for the top.")
     close("your entropy", answer, expected, rel=1e-3)
-    return f"H = log 10 = {expected:.4f} nats, the largest entropy a 10-class distribution can have."
+    return (f"H = log 3 = {expected:.4f} nats: the three tied classes share the probability equally and the others "
+            "get none. At T -> 0 a softmax keeps only the top classes, however close the others are.")
 
 
 @register("03.grad-exponent",
-          hint="the gradient is (p_s - p_t) / T, and at high T the difference p_s - p_t also shrinks like 1/T")
+          hint="eq. (eq-03-kl-grad) holds for any fixed target distribution: ask which factors of 1/T survive when "
+               "the target stays at T = 1.")
 def _check_03_grad_exponent(answer):
     z_s, z_t = _ch03_logits(1, (8, 10), 1.0), _ch03_logits(2, (8, 10), 3.0)
+    log_pt = torch.log_softmax(z_t, dim=-1)  # the teacher at T = 1, whatever the student's temperature
     temps, norms = (100.0, 1000.0), []
-    for T in temps:  # the gradient norm of the un-scaled KL at two high temperatures, by autograd
+    for T in temps:  # the gradient norm of KL(p_t(1) || p_s(T)) at two high temperatures, by autograd
         zs = z_s.clone().requires_grad_(True)
-        log_ps, log_pt = torch.log_softmax(zs / T, dim=-1), torch.log_softmax(z_t / T, dim=-1)
-        kl = (log_pt.exp() * (log_pt - log_ps)).sum(dim=-1).mean()
+        kl = (log_pt.exp() * (log_pt - torch.log_softmax(zs / T, dim=-1))).sum(dim=-1).mean()
         (grad,) = torch.autograd.grad(kl, zs)
         norms.append(grad.norm().item())
     slope = (math.log(norms[1]) - math.log(norms[0])) / (math.log(temps[1]) - math.log(temps[0]))
-    if isinstance(answer, (int, float)) and math.isclose(answer, -slope, rel_tol=0.05):
-        raise Wrong(f"k = {answer} has the right size but the wrong sign: the gradient shrinks as T grows.")
+    if isinstance(answer, (int, float)) and not isinstance(answer, bool):
+        if math.isclose(answer, -slope, rel_tol=0.05):
+            raise Wrong(f"k = {answer} has the right size but the wrong sign: the gradient shrinks as T grows.")
+        if math.isclose(answer, -2.0, rel_tol=0.05):
+            raise Wrong("k = -2 holds when the teacher is softened at T too, as in the chapter. Here its "
+                        "probabilities stay at T = 1: does p_s(T) - p_t still shrink at high T?")
     close("your exponent k", answer, slope, rel=0.05)
-    return f"the measured slope is {slope:.3f}: the un-scaled gradient falls like 1/T^2, hence the T^2 factor."
+    return (f"the measured slope is {slope:.3f}: only the chain rule's 1/T is left, because p_s(T) - p_t(1) tends to "
+            "u - p_t(1), which does not shrink. With T^2 this loss would grow like T and swamp the labels.")
+
+
+def _ch03_low_T_reference(z_s: torch.Tensor, z_t: torch.Tensor, T: float = 1e-4) -> torch.Tensor:
+    """T * KL(p_t(T) || p_s(T)) per row at a very low temperature, in float64 (0 log 0 counts as 0)."""
+    log_ps, log_pt = torch.log_softmax(z_s / T, dim=-1), torch.log_softmax(z_t / T, dim=-1)
+    p_t = log_pt.exp()
+    return T * torch.where(p_t > 0, p_t * (log_pt - log_ps), torch.zeros_like(p_t)).sum(dim=-1)
 
 
 @register("03.kd-limit",
-          hint="centre each row of both logits (subtract its mean), then sum the squared differences / (2C)")
+          hint="as T -> 0 the teacher's soft targets become one-hot (the chapter's first limit), so only one term "
+               "of the KL is left; then ask how log-sum-exp(z / T) behaves for a small T.")
 def _check_03_kd_limit(fn):
-    function("kd_limit(z_s, z_t)", fn)
-    z_s = _ch03_logits(4, (6, 10), 1.0) + _ch03_logits(5, (6, 1), 5.0)  # rows with different means
-    z_t = _ch03_logits(6, (6, 10), 3.0) - 2.0
-    T = 1e4  # the exact KD loss per row at a very high temperature, computed here
-    log_ps, log_pt = torch.log_softmax(z_s / T, dim=-1), torch.log_softmax(z_t / T, dim=-1)
-    expected = T * T * (log_pt.exp() * (log_pt - log_ps)).sum(dim=-1)  # (6,)
-    same_tensor("your kd_limit(z_s, z_t)", fn(z_s.clone(), z_t.clone()), expected, atol=1e-6, rtol=1e-2)
-    return "matches T^2 KL(p_t(T) || p_s(T)) at T = 10^4, row by row, for non-zero-mean logits."
+    function("kd_low_T(z_s, z_t)", fn)
+    z_s = _ch03_logits(4, (8, 10), 1.0) + _ch03_logits(5, (8, 1), 5.0)  # rows with different means
+    z_t = _ch03_logits(6, (8, 10), 3.0) - 2.0
+    z_t[:3] = z_s[:3] + 0.5 * _ch03_logits(7, (3, 10), 0.1)  # rows where the two models agree on the top class
+    expected = _ch03_low_T_reference(z_s, z_t)  # (8,), computed at T = 1e-4
+    got = fn(z_s.clone(), z_t.clone())
+    if isinstance(got, torch.Tensor) and got.shape == expected.shape and \
+            not torch.allclose(got.double(), expected, atol=1e-3, rtol=1e-3):
+        got64, rows = got.double(), torch.arange(len(z_s))
+        centred = (z_s - z_s.mean(-1, keepdim=True)) - (z_t - z_t.mean(-1, keepdim=True))
+        on_teacher = z_t.max(-1).values - z_t[rows, z_s.argmax(-1)]
+        if torch.allclose(got64, centred.pow(2).sum(-1) / 20, atol=1e-3):
+            raise Wrong("that is the T -> infinity limit of T^2 KL (logit matching); this exercise takes T -> 0.")
+        if torch.allclose(got64, -expected, atol=1e-3):
+            raise Wrong("the sign is flipped: a KL divergence is never negative.")
+        if torch.allclose(got64, on_teacher, atol=1e-3):
+            raise Wrong("that measures the gap on the teacher's logits; the limit is about the student's logits "
+                        "(the teacher's only choose which class).")
+    same_tensor("your kd_low_T(z_s, z_t)", got, expected, atol=1e-3, rtol=1e-3)
+    return ("matches T KL(p_t(T) || p_s(T)) at T = 10^-4, row by row: the amount by which the student's top logit "
+            "beats its logit for the teacher's class, 0 when they agree. Nothing else of the teacher is left.")

@@ -13,37 +13,69 @@ def _ch04_labels() -> torch.Tensor:
     return torch.tensor([3, 0, 9, 3, 7, 1])
 
 
+def _ch04_prior(c: int, seed: int) -> torch.Tensor:
+    """A non-uniform distribution over c classes (like class frequencies)."""
+    w = torch.rand(c, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) + 0.2
+    return w / w.sum()
+
+
 @register("04.smoothed-targets",
-          hint="(1 - eps) * one_hot(y, C) + eps / C: every class, the label included, gets eps / C")
+          hint="every row mixes its one-hot label with the same distribution, the prior; check that each row "
+               "sums to 1 and that a uniform prior gives the chapter's q'.")
 def _check_04_smoothed_targets(fn):
-    function("smoothed_targets(y, C, eps)", fn)
+    function("smoothed_targets(y, prior, eps)", fn)
     y = _ch04_labels()
-    for C, eps in ((10, 0.1), (12, 0.3)):
-        expected = torch.full((len(y), C), eps / C, dtype=torch.float64)
+    for C, eps, prior in ((10, 0.1, _ch04_prior(10, 0)), (12, 0.3, _ch04_prior(12, 1)),
+                          (10, 0.2, torch.full((10,), 0.1, dtype=torch.float64))):
+        expected = torch.empty((len(y), C), dtype=torch.float64)
         for row, label in enumerate(y.tolist()):  # built entry by entry, independently of torch's one_hot
-            expected[row, label] = 1 - eps + eps / C
-        got = fn(y.clone(), C, eps)
+            for k in range(C):
+                expected[row, k] = (1 - eps) * (k == label) + eps * prior[k]
+        got = fn(y.clone(), prior.clone(), eps)
         if isinstance(got, torch.Tensor) and got.shape == expected.shape and \
-                math.isclose(float(got[0, y[0]]), 1 - eps, rel_tol=1e-4):
-            raise Wrong("your targets give exactly 1 - eps to the label: that spreads eps over the C - 1 wrong "
-                        "classes only, not Szegedy et al.'s label smoothing.")
-        same_tensor(f"your smoothed_targets(y, {C}, {eps})", got, expected)
-    return "matches q' = (1 - eps) q + eps u."
+                not torch.allclose(got.double(), expected, atol=1e-6):
+            uniform = (1 - eps) * torch.eye(C, dtype=torch.float64)[y] + eps / C
+            if torch.allclose(got.double(), uniform, atol=1e-6):
+                raise Wrong("your targets smooth towards the uniform distribution; here the smoothing distribution "
+                            "is the prior passed as an argument.")
+            if torch.allclose(got.double().sum(dim=1), torch.ones(len(y), dtype=torch.float64), atol=1e-6) and \
+                    math.isclose(float(got[0, y[0]]), 1 - eps, rel_tol=1e-4):
+                raise Wrong("your targets give exactly 1 - eps to the label; the label also gets its share "
+                            "eps * prior[y] of the smoothing.")
+        same_tensor(f"your smoothed_targets(y, prior over {C} classes, {eps})", got, expected)
+    return ("matches q' = (1 - eps) q + eps prior, and a uniform prior gives Szegedy et al.'s label smoothing. "
+            "KD goes one step further: its smoothing distribution is the teacher's, different for every input.")
 
 
-@register("04.ls-constant", hint="label smoothing = KD from a uniform teacher + eps * H(u), and H(u) = log C")
+@register("04.ls-constant",
+          hint="one loss is a cross-entropy with q', the other a KL divergence from the same q' (the chapter's two "
+               "facts); a cross-entropy is a KL divergence plus an entropy.")
 def _check_04_ls_constant(answer):
     from kdedu import losses
 
     g = torch.Generator().manual_seed(4)
     z = 3 * torch.randn(16, 10, generator=g, dtype=torch.float64)
     y = torch.randint(0, 10, (16,), generator=g)
-    diff = losses.label_smoothing_loss(z, y, 0.2) - losses.distillation_loss(z, torch.zeros_like(z), y, 0.2, 1.0)
-    close("your constant", answer, diff.item(), rel=1e-3)
-    return f"the difference is {diff.item():.4f} = 0.2 * log 10 for any logits: a constant, so no gradient."
+    diff = losses.label_smoothing_loss(z, y, 0.1) - losses.virtual_teacher_loss(z, y, alpha=1.0, temperature=1.0,
+                                                                                correct_prob=0.91)
+    expected = diff.item()
+    if isinstance(answer, (int, float)) and not isinstance(answer, bool):
+        if math.isclose(answer, 0.1 * math.log(10), rel_tol=1e-3):
+            raise Wrong(f"{answer} = eps log C is the chapter's constant between label smoothing and KD from a "
+                        "uniform teacher; here the other loss is the virtual teacher's.")
+        if math.isclose(answer, -expected, rel_tol=1e-3):
+            raise Wrong("the sign is flipped: the exercise asks for label smoothing minus the virtual teacher's loss.")
+        if abs(answer) < 1e-6:
+            raise Wrong("the gradients are the same, but not the values: a KL divergence is 0 when the student "
+                        "matches its target, a cross-entropy is not.")
+    close("your constant", answer, expected, rel=1e-3)
+    return (f"the difference is {expected:.4f} = H(q'), the entropy of the smoothed label, for any logits: a constant, "
+            "so no gradient.")
 
 
-@register("04.virtual-teacher", hint="every wrong class gets (1 - a) / (C - 1), the label gets a; each row sums to 1")
+@register("04.virtual-teacher",
+          hint="start from a (len(y), C) tensor filled with the wrong-class probability of eq. "
+               "(eq-04-virtual-teacher), then overwrite one entry per row; each row must sum to 1.")
 def _check_04_virtual_teacher(fn):
     function("virtual_teacher(y, C, a)", fn)
     y = _ch04_labels()
@@ -55,14 +87,17 @@ def _check_04_virtual_teacher(fn):
     return "matches Yuan et al.'s virtual teacher p^d."
 
 
-@register("04.matching-a",
-          hint="make the virtual teacher equal to the label-smoothed target q' = (1 - eps) one_hot(y) + eps / C")
-def _check_04_matching_a(answer):
-    eps, C = 0.1, 10
-    q_smooth = (1 - eps) * torch.eye(C, dtype=torch.float64)[3] + eps / C  # the smoothed target of label 3
-    expected = q_smooth[3].item()  # the virtual teacher must put this on the label
-    if isinstance(answer, (int, float)) and math.isclose(answer, 1 - eps, rel_tol=1e-6):
-        raise Wrong(f"a = {answer} = 1 - eps leaves (1 - a) / (C - 1) = eps / 9 on the wrong classes, but label "
-                    "smoothing gives them eps / C = eps / 10.")
-    close("your a", answer, expected, rel=1e-4)
-    return f"a = 1 - eps + eps / C = {expected:.2f}: then the virtual teacher is exactly the smoothed label."
+@register("04.matching-eps",
+          hint="the two targets must agree on every class: compare what each gives to one wrong class.")
+def _check_04_matching_eps(answer):
+    a, C = 0.9, 10
+    p_d = torch.full((C,), (1 - a) / (C - 1), dtype=torch.float64)  # the virtual teacher of label 0
+    p_d[0] = a
+    expected = (p_d[1] * C).item()  # label smoothing gives eps / C to every wrong class
+    if isinstance(answer, (int, float)) and not isinstance(answer, bool):
+        if math.isclose(answer, 1 - a, rel_tol=1e-6):
+            raise Wrong(f"eps = {answer} gives each wrong class eps / C = {answer / C:.4g} and the label "
+                        f"{1 - answer + answer / C:.4g}, but the virtual teacher gives the label exactly {a}.")
+    close("your eps", answer, expected, rel=2e-3)  # 0.111, to three decimals, is right
+    return (f"eps = C (1 - a) / (C - 1) = {expected:.4f}: then every wrong class gets eps / C = (1 - a) / 9 and the "
+            "label 1 - eps + eps / C = 0.9, so the two targets, and the gradients, are the same.")

@@ -20,8 +20,8 @@ def _ch05_shift_reference(x: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor) -
     return out
 
 
-@register("05.translate", hint="pad with zeros and cut a window (or mask the pixels that come from outside); "
-                               "dx moves along the last dimension (columns), dy along the rows; nothing wraps around")
+@register("05.translate", hint="the chapter's shift_images moves a whole batch by one offset; here every image has "
+                               "its own. dx moves along the columns (the last dimension), and nothing wraps around.")
 def _check_05_translate(fn):
     function("shift_batch(x, dx, dy)", fn)
     g = torch.Generator().manual_seed(5)
@@ -46,21 +46,41 @@ def _check_05_translate(fn):
     return "every image moves by its own offset, with zero fill and nothing wrapping around."
 
 
-@register("05.agreement", hint="compare logits_a.argmax(dim=-1) with logits_b.argmax(dim=-1), then average")
+def _ch05_kappa_reference(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Cohen's kappa of two label vectors, by counting (loops: obviously right)."""
+    n, classes = len(a), sorted(set(a.tolist()) | set(b.tolist()))
+    p_o = sum(int(u == v) for u, v in zip(a.tolist(), b.tolist(), strict=True)) / n
+    p_e = sum((a == k).sum().item() / n * (b == k).sum().item() / n for k in classes)
+    return (p_o - p_e) / (1 - p_e)
+
+
+@register("05.agreement", hint="p_o is the chapter's agreement. For p_e, count how often each model predicts each "
+                               "class (torch.bincount with minlength=C) and turn the counts into fractions.")
 def _check_05_agreement(fn):
-    function("my_agreement(logits_a, logits_b)", fn)
+    function("my_kappa(logits_a, logits_b)", fn)
     g = torch.Generator().manual_seed(7)
-    for n, c, same in ((40, 10, 25), (7, 3, 2)):
+    for n, c, same, skew in ((40, 10, 25, 0.0), (7, 3, 2, 0.0), (60, 10, 60, 2.0), (200, 10, 120, 3.0)):
         a = torch.randn(n, c, generator=g, dtype=torch.float64)
         b = torch.randn(n, c, generator=g, dtype=torch.float64)
+        a[:, 1] += skew  # skewed models predict class 1 often: much of their agreement is chance
+        b[:, 1] += skew
         b[:same] = 2.0 * a[:same] + 1.0  # the same prediction as `a` on these rows, other probabilities
-        expected = (a.argmax(dim=-1) == b.argmax(dim=-1)).double().mean().item()
+        pred_a, pred_b = a.argmax(dim=-1), b.argmax(dim=-1)
+        expected = _ch05_kappa_reference(pred_a, pred_b)
         got = fn(a.clone(), b.clone())
         if isinstance(got, torch.Tensor) and got.numel() > 1:
             raise Wrong(f"your function returned a tensor of shape {tuple(got.shape)}; "
-                        "it should return one number, the fraction of rows that agree.")
+                        "it should return one number, Cohen's kappa of the two models' predictions.")
         value = got.item() if isinstance(got, torch.Tensor) else got
-        if isinstance(value, (int, float)) and n > 1 and math.isclose(value, expected * n, rel_tol=1e-6):
-            raise Wrong(f"you returned {value}, the number of rows that agree; divide by the number of rows ({n}).")
-        close(f"your agreement on ({n}, {c}) logits", got, expected, rel=1e-6, abs_=1e-9)
-    return "matches the fraction of rows where the two argmaxes are equal."
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and \
+                not math.isclose(value, expected, rel_tol=1e-5, abs_tol=1e-7):
+            p_o = (pred_a == pred_b).double().mean().item()
+            if math.isclose(value, p_o, rel_tol=1e-6):
+                raise Wrong(f"you returned {value:.4g}, the raw agreement p_o; kappa also removes the agreement "
+                            "expected by chance.")
+            if math.isclose(value, (p_o - 1 / c) / (1 - 1 / c), rel_tol=1e-6):
+                raise Wrong("your chance agreement is 1 / C, as for two uniform guessers; p_e must use the "
+                            "two models' own class frequencies.")
+        close(f"your kappa on ({n}, {c}) logits", got, expected, rel=1e-5, abs_=1e-7)
+    return ("matches Cohen's kappa: 1 for identical predictions, about 0 for agreement at chance level, given "
+            "each model's class frequencies.")

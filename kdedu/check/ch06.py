@@ -15,8 +15,8 @@ def _ch06_logits(seed: int, members: int = 4, n: int = 200, c: int = 10) -> list
     return [scales[i % len(scales)] * torch.randn(n, c, generator=g, dtype=torch.float64) for i in range(members)]
 
 
-@register("06.ensemble", hint="softmax each member's logits over the classes, then average the probabilities "
-                              "over the members")
+@register("06.ensemble", hint="the ensemble averages probabilities, not logits (see the formula under eq. "
+                              "(eq-born-again)); mind which axis holds the members and which the classes.")
 def _check_06_ensemble(fn):
     function("ensemble_probs(logits_list)", fn)
     for seed, members in ((0, 4), (1, 3), (2, 1)):
@@ -33,8 +33,8 @@ def _check_06_ensemble(fn):
     return "averages the members' probabilities, as kdedu.methods.ensemble_logits does."
 
 
-@register("06.ensemble-acc", hint="average the members' softmax probabilities, take the argmax of each row, "
-                                  "compare with the labels and average")
+@register("06.ensemble-acc", hint="build the ensemble's probabilities as in exercise 6.1; its prediction for an "
+                                  "example is its most probable class, and accuracy is a fraction, not a count.")
 def _check_06_ensemble_acc(fn):
     function("ensemble_accuracy(logits_list, labels)", fn)
     for seed, members in ((3, 4), (4, 2)):

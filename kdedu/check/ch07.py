@@ -9,41 +9,64 @@ import torch
 from kdedu.check import Wrong, close, function, register
 
 
-@register("07.assistant-size", hint="the middle on a log scale is the geometric mean sqrt(p_teacher * p_student); "
-                                    "pick the candidate with the smallest |log(p / middle)|")
+def _ch07_chain_targets(p_t: float, p_s: float, m: int) -> list[float]:
+    """log-sizes of m assistants evenly spaced between the teacher and the student, in chain order (teacher first)."""
+    return [math.log(p_t) + (math.log(p_s) - math.log(p_t)) * i / (m + 1) for i in range(1, m + 1)]
+
+
+def _ch07_pick(p_t: float, p_s: float, cands: list[int], m: int, log_scale: bool = True) -> list[int]:
+    targets = _ch07_chain_targets(p_t, p_s, m)
+    if log_scale:
+        return [min(cands, key=lambda p: abs(math.log(p) - t)) for t in targets]
+    linear = [p_t + (p_s - p_t) * i / (m + 1) for i in range(1, m + 1)]  # evenly spaced on a linear scale
+    return [min(cands, key=lambda p: abs(p - t)) for t in linear]
+
+
+@register("07.assistant-size", hint="on a log axis, m assistants cut the distance from log p_student to log p_teacher "
+                                    "into m + 1 equal steps; compare sizes by their ratio, as the chapter does for "
+                                    "one assistant.")
 def _check_07_assistant_size(fn):
-    function("pick_assistant(p_teacher, p_student, candidates)", fn)
+    function("pick_assistants(p_teacher, p_student, candidates, m)", fn)
     g = torch.Generator().manual_seed(7)
-    cases = [(307210, 1210, [4810, 19210, 76810]),  # the chapter's MLP ladder
-             (1_000_000, 100, [5_500, 15_000]),      # the log scale and the linear scale disagree here
-             (1_700_000, 78_000, [270_000, 850_000, 120_000])]
-    for _ in range(5):
+    ladder = [1210, 4810, 19210, 76810, 307210]  # MLP widths 16, 64, 256, 1024, 4096 on 64 inputs, 10 classes
+    cases = [(307210, 1210, ladder[1:4], 1),           # the chapter's choice
+             (307210, 1210, ladder[1:4], 2),           # two assistants: 4096 -> 1024 -> 256 -> 16 ... or not
+             (1_000_000, 100, [5_500, 15_000], 1),     # the log scale and the linear scale disagree here
+             (10**6, 10, [30, 100, 300, 1000, 3000, 10**4, 3 * 10**4, 10**5, 3 * 10**5], 4)]
+    while len(cases) < 9:
         p_s = int(torch.randint(100, 10_000, (1,), generator=g))
-        p_t = p_s * int(torch.randint(20, 2_000, (1,), generator=g))
-        cands = sorted({int(p_s * (p_t / p_s) ** float(u)) for u in torch.rand(4, generator=g)})
-        cases.append((p_t, p_s, cands))
-    for p_t, p_s, cands in cases:
-        log_mid = (math.log(p_t) + math.log(p_s)) / 2
-        expected = min(cands, key=lambda p: abs(math.log(p) - log_mid))
-        got = fn(p_t, p_s, list(cands))
-        if isinstance(got, torch.Tensor) and got.numel() == 1:
-            got = got.item()
-        if not isinstance(got, (int, float)):
-            raise Wrong(f"pick_assistant should return one of the candidates (a number), got {type(got).__name__}.")
-        if math.isclose(got, expected, rel_tol=1e-9):
+        p_t = p_s * int(torch.randint(200, 20_000, (1,), generator=g))
+        m = int(torch.randint(1, 4, (1,), generator=g))
+        cands = sorted({int(p_s * (p_t / p_s) ** float(u)) for u in torch.rand(8, generator=g)})
+        picks = _ch07_pick(p_t, p_s, cands, m)
+        if len(set(picks)) == m:  # keep the cases whose assistants are all different
+            cases.append((p_t, p_s, cands, m))
+    for p_t, p_s, cands, m in cases:
+        expected = _ch07_pick(p_t, p_s, cands, m)
+        call = f"pick_assistants({p_t}, {p_s}, {cands}, m={m})"
+        got = fn(p_t, p_s, list(cands), m)
+        if isinstance(got, torch.Tensor):
+            got = got.tolist()
+        if isinstance(got, (int, float)):
+            raise Wrong(f"{call} returned one number; return a list of the m chosen sizes, even for m = 1.")
+        if not isinstance(got, (list, tuple)) or not all(isinstance(p, (int, float)) for p in got):
+            raise Wrong(f"pick_assistants should return a list of candidates (numbers), got {type(got).__name__}.")
+        got = list(got)
+        if got == expected:
             continue
-        by_linear = min(cands, key=lambda p: abs(p - math.exp(log_mid)))
-        by_arithmetic = min(cands, key=lambda p: abs(math.log(p) - math.log((p_t + p_s) / 2)))
-        if math.isclose(got, by_linear, rel_tol=1e-9):
-            raise Wrong(f"for p_teacher={p_t}, p_student={p_s}, candidates={cands} you picked {got}: closest to the "
-                        "geometric mean on a linear scale. Measure the distance on a log scale (by the ratio).")
-        if math.isclose(got, by_arithmetic, rel_tol=1e-9):
-            raise Wrong(f"for p_teacher={p_t}, p_student={p_s}, candidates={cands} you picked {got}, near the "
-                        "arithmetic mean (p_teacher + p_student) / 2; use the geometric mean.")
-        if not any(math.isclose(got, c, rel_tol=1e-9) for c in cands):
-            raise Wrong(f"for candidates={cands} you returned {got}, which is not one of the candidates.")
-        raise Wrong(f"for p_teacher={p_t}, p_student={p_s}, candidates={cands} you picked {got}, expected {expected}.")
-    return "picks the candidate closest to sqrt(p_teacher * p_student) on a log scale."
+        if len(got) != m:
+            raise Wrong(f"{call} returned {len(got)} sizes; a chain with m = {m} assistants needs {m}.")
+        if not all(p in cands for p in got):
+            raise Wrong(f"{call} = {got} holds sizes that are not candidates.")
+        if got == expected[::-1]:
+            raise Wrong(f"{call} = {got}: the right assistants in the wrong order. List them as the chain runs, from "
+                        "the teacher's side down to the student's.")
+        if got == _ch07_pick(p_t, p_s, cands, m, log_scale=False):
+            raise Wrong(f"{call} = {got}: these are evenly spaced on a linear scale. Space them evenly on a log scale, "
+                        "so that every step of the chain shrinks the network by the same factor.")
+        raise Wrong(f"{call} = {got}, expected {expected}.")
+    return ("every step of the chain shrinks the network by about the same factor; for m = 1 it is the chapter's "
+            "geometric mean.")
 
 
 def _ch07_predictions(seed: int, n: int = 300, c: int = 10):
@@ -59,8 +82,8 @@ def _ch07_predictions(seed: int, n: int = 300, c: int = 10):
     return upper, lower, labels
 
 
-@register("07.inherited-share", hint="divide the number of the lower network's errors that equal the upper "
-                                     "network's prediction by the number of the lower network's errors")
+@register("07.inherited-share", hint="the denominator is the lower network's errors, not the upper one's; an error "
+                                     "is inherited only if it is the same wrong class.")
 def _check_07_inherited_share(fn):
     function("inherited_share(upper_pred, lower_pred, labels)", fn)
     for seed in range(4):
@@ -91,8 +114,8 @@ def _check_07_inherited_share(fn):
     return "the share of the lower network's errors that copy the upper network's errors."
 
 
-@register("07.chain-epochs", hint="count the networks of the chain: the teacher, the assistants and the student "
-                                  "each train once for `epochs` epochs")
+@register("07.chain-epochs", hint="draw the deck's chain ResNet-110 -> ResNet-20 -> ResNet-8 and count its "
+                                  "training runs, the teacher's included.")
 def _check_07_chain_epochs(fn):
     function("chain_epochs(num_assistants, epochs)", fn)
     for m, e in ((1, 200), (0, 30), (2, 150), (3, 7)):

@@ -17,51 +17,74 @@ def _ch08_number(name: str, value) -> float:
     return float(value)
 
 
-@register("08.phi", hint="phi(T) = 1 - (T - 1) / tau_max: 1 at T = 1, 1 / tau_max at T = tau_max")
+@register("08.phi", hint="Phi is a straight line in T through the two points that the exercise gives; with "
+                          "T_start = tau_max it must give the deck's Phi.")
 def _check_08_phi(fn):
-    function("my_phi(T, tau_max)", fn)
-    for tau_max in (1, 4, 10, 14):
-        for T in range(1, tau_max + 1):
-            expected = (tau_max - T + 1) / tau_max  # the same formula, rearranged
-            got = _ch08_number(f"your my_phi({T}, {tau_max})", fn(T, tau_max))
-            if not math.isclose(got, expected, rel_tol=1e-9, abs_tol=1e-12):
-                if math.isclose(got, 1 - T / tau_max, abs_tol=1e-12):
-                    raise Wrong(f"my_phi({T}, {tau_max}) = {got:.4g}: that is 1 - T / tau_max, which gives 0 "
-                                "at T = tau_max and never reaches 1.", "subtract 1 from T before dividing")
-                if math.isclose(got, T / tau_max, abs_tol=1e-12):
-                    raise Wrong(f"my_phi({T}, {tau_max}) = {got:.4g}: phi must fall as T grows "
-                                "(T = tau_max is the most damped teacher).")
-                close(f"your my_phi({T}, {tau_max})", got, expected, rel=1e-9, abs_=1e-12)
-    return "phi(T) = 1 - (T - 1) / tau_max: from 1 / tau_max at T = tau_max up to 1 at T = 1."
+    function("my_phi(T, tau_max, T_start)", fn)
+    for tau_max in (2, 4, 7, 10, 14):
+        for T_start in (float(tau_max), 2.0, 4.0, 50.0):
+            phi_start = 1 / T_start  # the factor that gives the teacher at softmax temperature T_start
+            for T in range(1, tau_max + 1):
+                expected = 1 + (phi_start - 1) * (T - 1) / (tau_max - 1)  # through (1, 1) and (tau_max, 1/T_start)
+                got = _ch08_number(f"your my_phi({T}, {tau_max}, {T_start:g})", fn(T, tau_max, T_start))
+                if math.isclose(got, expected, rel_tol=1e-6, abs_tol=1e-9):  # float32 is fine
+                    continue
+                if T_start != tau_max and math.isclose(got, 1 - (T - 1) / tau_max, abs_tol=1e-6):
+                    raise Wrong(f"my_phi({T}, {tau_max}, {T_start:g}) = {got:.4g} is the deck's Phi, which starts at "
+                                f"1 / tau_max whatever T_start; at T = tau_max the target must be the teacher at "
+                                f"softmax temperature T_start.")
+                T_eff = 1 + (T_start - 1) * (T - 1) / (tau_max - 1)  # linear in T from 1 to T_start
+                if T > 1 and math.isclose(got, 1 / T_eff, abs_tol=1e-6):
+                    raise Wrong(f"my_phi({T}, {tau_max}, {T_start:g}) = {got:.4g}: your softmax temperature 1 / Phi "
+                                "is linear in T; the exercise keeps Phi itself linear in T, as the deck does.")
+                close(f"your my_phi({T}, {tau_max}, {T_start:g})", got, expected, rel=1e-6, abs_=1e-9)
+    return ("Phi rises linearly from 1 / T_start at T = tau_max to 1 at T = 1; the deck's choice T_start = tau_max "
+            "ties the starting softness to the number of steps.")
 
 
-@register("08.schedule", hint="start at tau_max and hold each temperature for k consecutive epochs, down to 1")
+@register("08.schedule", hint="Phi multiplies the logits and a softmax temperature divides them: read each step of "
+                              "the chapter's stage1_temperatures as a softmax temperature.")
 def _check_08_schedule(fn):
-    function("temperatures(tau_max, k)", fn)
+    function("phis_linear_in_T(tau_max, k)", fn)
     for tau_max, k in ((10, 1), (4, 3), (7, 2), (1, 5)):
-        expected = [tau_max - epoch // k for epoch in range(k * tau_max)]
+        temps = [tau_max - epoch // k for epoch in range(k * tau_max)]  # each softmax temperature for k epochs
+        expected = [1 / T for T in temps]
         got = fn(tau_max, k)
         try:
-            got = [int(v) for v in (got.tolist() if isinstance(got, torch.Tensor) else got)]
+            got = [float(v) for v in (got.tolist() if isinstance(got, torch.Tensor) else got)]
         except (TypeError, ValueError):
-            raise Wrong(f"temperatures({tau_max}, {k}) should return a list of integers, "
+            raise Wrong(f"phis_linear_in_T({tau_max}, {k}) should return a list of numbers, "
                         f"got {type(got).__name__}.") from None
-        if got == expected:
+        call = f"phis_linear_in_T({tau_max}, {k})"
+
+        def same(values, targets):
+            return len(values) == len(targets) and \
+                all(math.isclose(a, b, rel_tol=1e-6) for a, b in zip(values, targets, strict=True))
+
+        if same(got, expected):
             continue
         if len(got) != len(expected):
-            raise Wrong(f"temperatures({tau_max}, {k}) has {len(got)} epochs; stage I lasts k * tau_max = "
-                        f"{len(expected)}.")
-        if got == expected[::-1]:
-            raise Wrong(f"temperatures({tau_max}, {k}) runs upwards; stage I starts at T = tau_max "
-                        "(the most damped teacher) and ends at T = 1.")
-        if sorted(got) == sorted(expected):
-            raise Wrong(f"temperatures({tau_max}, {k}) = {got}: the right values in the wrong order; "
-                        "each temperature is held for k consecutive epochs.")
-        raise Wrong(f"temperatures({tau_max}, {k}) = {got}, expected {len(expected)} epochs from {tau_max} down to 1.")
-    return "T = tau_max, ..., 1, each for k epochs: k * tau_max epochs of stage I."
+            raise Wrong(f"{call} has {len(got)} epochs; stage I lasts k * tau_max = {len(expected)}.")
+        if same(got, [float(T) for T in temps]):
+            raise Wrong(f"{call} returns the temperatures; return the factor Phi that multiplies the teacher's "
+                        "logits at each epoch.")
+        if same(got, [1 - (T - 1) / tau_max for T in temps]):
+            raise Wrong(f"{call} is the deck's schedule, linear in Phi: its softmax temperature falls fast, then "
+                        "slowly. Here the softmax temperature must fall by the same step every k epochs.")
+        if same(got, expected[::-1]):
+            raise Wrong(f"{call} runs backwards: stage I starts with the softest target and ends with the teacher "
+                        "itself (Phi = 1).")
+        if same(sorted(got), sorted(expected)):
+            raise Wrong(f"{call}: the right values in the wrong order; each temperature is held for k consecutive "
+                        "epochs.")
+        raise Wrong(f"{call} = {[round(v, 4) for v in got]} does not step the softmax temperature down by 1 every "
+                    "k epochs.")
+    return ("Phi = 1 / T for T = tau_max, ..., 1: the same first and last target as the deck's schedule, but Phi "
+            "stays small for longer, so the student spends more of stage I on soft targets.")
 
 
-@register("08.gradient", hint="differentiate mean((z_s - phi z_t)^2) over all N*C elements: 2 (z_s - phi z_t) / (N C)")
+@register("08.gradient", hint="differentiate one term of the mean by its own student logit, then remember how "
+                              "many terms the mean divides by.")
 def _check_08_gradient(fn):
     function("annealing_grad(z_s, z_t, phi)", fn)
     g = torch.Generator().manual_seed(8)
@@ -86,15 +109,20 @@ def _check_08_gradient(fn):
     return "d/dz_s mean((z_s - phi z_t)^2) = 2 (z_s - phi z_t) / (N C): it vanishes at z_s = phi z_t."
 
 
-@register("08.effective-T", hint="softmax(phi z) = softmax(z / (1 / phi)): find the T whose phi(T) is 1/2")
+@register("08.effective-T", hint="a target is softer when its softmax temperature 1 / Phi is larger: list Phi for "
+                                 "every step of tau_max = 7, then count epochs, not steps.")
 def _check_08_effective_T(answer):
-    tau_max, target = 10, 2.0
-    expected = next(T for T in range(1, tau_max + 1) if math.isclose(1 / (1 - (T - 1) / tau_max), target))
-    got = _ch08_number("your step T", answer)
-    if math.isclose(got, target) and expected != target:
-        raise Wrong("T = 2 is the schedule's step, not a softmax temperature: at T = 2, phi = 0.9, which is a "
-                    "softmax temperature of 1 / 0.9.")
-    if math.isclose(got, 1 / target):
-        raise Wrong("0.5 is the factor phi you need; the question asks for the step T of the schedule that gives it.")
-    close("your step T", got, expected, rel=0, abs_=1e-9)
-    return f"phi({expected}) = 1/2, so the annealed teacher at T = {expected} is the teacher at softmax temperature 2."
+    tau_max, k, target = 7, 2, 2.0
+    temps = [T for T in range(tau_max, 0, -1) for _ in range(k)]  # the schedule, epoch by epoch
+    expected = sum(1 / (1 - (T - 1) / tau_max) >= target for T in temps)  # softmax temperature 1 / Phi >= 2
+    steps = expected // k
+    got = _ch08_number("your number of epochs", answer)
+    if math.isclose(got, steps):
+        raise Wrong(f"{got:g} counts the steps of the schedule; each step lasts k = {k} epochs.")
+    if math.isclose(got, 5.0):
+        raise Wrong("5 is the number of steps for the chapter's tau_max = 10; here tau_max = 7.")
+    if math.isclose(got, expected + k):
+        raise Wrong("one step too many: at T = 4, Phi = 4/7, a softmax temperature of 7/4, below 2.")
+    close("your number of epochs", got, expected, rel=0, abs_=1e-9)
+    return (f"{expected} epochs (T = 7, 6, 5, each for {k} epochs) have a target at least as soft as softmax "
+            f"temperature 2: fewer than half of the {k * tau_max} epochs of stage I.")

@@ -23,7 +23,8 @@ def _ch09_indices(name: str, got) -> list[int]:
     return out
 
 
-@register("09.every-other", hint="0-based blocks 0, 2, 4, ... up to num_teacher - 2: range(0, num_teacher, 2)")
+@register("09.every-other", hint="blocks are numbered from 0, as in transformers: keep the first block, skip the "
+                                 "next, and so on; check your function on the chapter's 6-block teacher.")
 def _check_09_every_other(fn):
     function("every_other(num_teacher)", fn)
     for n in (2, 4, 6, 12, 24):
@@ -58,8 +59,8 @@ def _ch09_cosine_reference(h_s: torch.Tensor, h_t: torch.Tensor, mask: torch.Ten
     return total / count
 
 
-@register("09.cosine-loss", hint="1 - F.cosine_similarity(h_s, h_t, dim=-1) gives one value per token (B, L); "
-                                 "keep the tokens where attention_mask is 1 and average them")
+@register("09.cosine-loss", hint="a cosine compares two vectors along one dimension: which one holds the hidden "
+                                 "features? Then leave the padding positions out of the average.")
 def _check_09_cosine_loss(fn):
     function("cosine_loss(h_s, h_t, attention_mask)", fn)
     g = torch.Generator().manual_seed(9)
@@ -118,8 +119,8 @@ def _ch09_bert_parts(num_layers: int, hidden: int, intermediate: int, vocab: int
     }
 
 
-@register("09.param-count", hint="embeddings (vocab + positions + 2 token types) x H + a LayerNorm (2H); per block: "
-                                 "4 attention matrices H x H with biases, H x I and I x H with biases, two LayerNorms")
+@register("09.param-count", hint="count one piece at a time and check each against count_parameters on the "
+                                 "chapter's modules: bert.embeddings, then one block, bert.encoder.layer[0].")
 def _check_09_param_count(fn):
     function("bert_params(num_layers, hidden, intermediate, vocab_size, max_positions)", fn)
     from kdedu.models import count_parameters, small_bert

@@ -16,8 +16,8 @@ def _as_dict(name: str, got) -> dict[int, int]:
         raise Wrong(f"{name} should map integers to integers, got {got!r}.") from None
 
 
-@register("10.skip-map", hint="student layer j (1..M-1) learns from teacher layer j * N / M; the last layer is left "
-                              "to the logits")
+@register("10.skip-map", hint="the map has one entry per student layer except the last, which learns from the "
+                              "logits; layers are numbered from 1.")
 def _check_10_skip_map(fn):
     function("my_skip_map(M, N)", fn)
     for M, N in ((2, 4), (3, 6), (4, 12), (6, 12), (2, 12), (1, 6)):
@@ -29,7 +29,7 @@ def _check_10_skip_map(fn):
         if got != expected:
             if got == {**expected, M: N}:
                 raise Wrong(f"my_skip_map({M}, {N}) = {got} also maps the last student layer; PKD-Skip leaves it "
-                            "to the KD loss on the logits.", "use range(1, M)")
+                            "to the KD loss on the logits.", "leave the last student layer out of the map.")
             if got == {j: j for j in range(1, M)}:
                 raise Wrong(f"my_skip_map({M}, {N}) = {got} maps layer j to teacher layer j: that is PKD-Last's "
                             "opposite, the bottom layers, not every (N/M)-th one.")
@@ -37,8 +37,8 @@ def _check_10_skip_map(fn):
     return "PKD-Skip: every (N/M)-th teacher layer, the last one left to the logits (12 -> 4: {1: 3, 2: 6, 3: 9})."
 
 
-@register("10.alp-attention", hint="scores = h_s @ h_t.transpose(1, 2), then a softmax over the last axis (the "
-                                   "teacher layers)")
+@register("10.alp-attention", hint="you need one dot product per (student layer, teacher layer) pair; each student "
+                                   "layer then gets a distribution over the teacher layers: which axis is that?")
 def _check_10_alp_attention(fn):
     function("my_alp_attention(h_s, h_t)", fn)
     g = torch.Generator().manual_seed(10)
@@ -62,8 +62,8 @@ def _check_10_alp_attention(fn):
     return "alpha_jk = softmax_k(h_S^j . h_T^k): one distribution over the teacher layers per student layer."
 
 
-@register("10.ckd-groups", hint="boundaries at round(i * N / M) for i = 0..M; group i holds the layers between "
-                                "boundary i (exclusive) and boundary i + 1 (inclusive)")
+@register("10.ckd-groups", hint="compute the M + 1 group boundaries first, then turn each pair of neighbouring "
+                                "boundaries into a list of layers; work my_groups(2, 5) out by hand.")
 def _check_10_ckd_groups(fn):
     function("my_groups(M, N)", fn)
     for M, N in ((3, 6), (2, 5), (4, 12), (1, 6), (3, 7), (6, 6), (5, 12)):

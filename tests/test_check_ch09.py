@@ -30,17 +30,22 @@ def _bert_params(layers, hidden, inter, vocab, positions, token_types=2, biases=
     return emb + layers * block + (h * h + h if pooler else 0)
 
 
+def _spread(n, m):
+    return tuple(int(i * (n - 1) / (m - 1) + 0.5) for i in range(m))
+
+
+def _cos_layers(hs_s, hs_t, mask, layer_map):
+    return torch.stack([_cos_masked(hs_s[j], hs_t[k], mask) for j, k in layer_map.items()]).mean()
+
+
 CORRECT = {
-    "09.every-other": [
-        lambda n: tuple(range(0, n, 2)),
-        lambda n: [k for k in range(n) if k % 2 == 0],
-        lambda n: torch.arange(0, n, 2),  # a tensor is fine too
-        lambda n: np.arange(0, n, 2),     # and numpy integers
+    "09.spread-layers": [
+        _spread,
+        lambda n, m: torch.tensor(_spread(n, m)),  # a tensor is fine too
     ],
-    "09.cosine-loss": [
-        _cos_masked,
-        losses.cosine_hidden_loss,
-        lambda h_s, h_t, m: ((1 - F.normalize(h_s, dim=-1).mul(F.normalize(h_t, dim=-1)).sum(-1)) * m).sum() / m.sum(),
+    "09.cosine-layers": [
+        _cos_layers,
+        lambda hs_s, hs_t, m, lm: sum(losses.cosine_hidden_loss(hs_s[j], hs_t[k], m) for j, k in lm.items()) / len(lm),
     ],
     "09.param-count": [
         _bert_params,
@@ -49,22 +54,21 @@ CORRECT = {
 }
 
 WRONG = {
-    "09.every-other": [
-        lambda n: tuple(range(1, n + 1, 2)),        # 1-based
-        lambda n: tuple(range(1, n, 2)),            # the odd blocks: starts from the second
-        lambda n: tuple(range(0, n + 1, 2)),        # one block too many (n is out of range)
-        lambda n: tuple(range(n)),                  # every block
-        lambda n: (0, 2, 4, 7, 9, 11),              # DistilBERT's script for 12 layers, not the 0, 2, 4, ... rule
+    "09.spread-layers": [
+        lambda n, m: tuple(k + 1 for k in _spread(n, m)),  # 1-based
+        lambda n, m: tuple(range(0, n, 2))[:m],             # every other block from the bottom
+        lambda n, m: tuple(i * (n - 1) // (m - 1) for i in range(m)),  # rounded down
+        lambda n, m: tuple(range(m)),                       # the bottom blocks
         "not a function",
     ],
-    "09.cosine-loss": [
-        lambda h_s, h_t, m: (1 - F.cosine_similarity(h_s, h_t, dim=-1)).mean(),                  # padding included
-        lambda h_s, h_t, m: F.cosine_similarity(h_s, h_t, dim=-1)[m.bool()].mean(),              # cos, not 1 - cos
-        lambda h_s, h_t, m: (1 - F.cosine_similarity(h_s, h_t, dim=-1))[m.bool()].sum(),         # a sum
-        lambda h_s, h_t, m: torch.stack([(1 - F.cosine_similarity(h_s[b], h_t[b], dim=-1))[m[b].bool()].mean()
-                                         for b in range(len(m))]).mean(),                       # per sentence first
-        lambda h_s, h_t, m: torch.tensor(_cos_masked(h_s, h_t, m).item()),                      # detached
-        lambda h_s, h_t, m: F.mse_loss(h_s[m.bool()], h_t[m.bool()]),                             # not a cosine
+    "09.cosine-layers": [
+        lambda hs_s, hs_t, m, lm: torch.stack([(1 - F.cosine_similarity(hs_s[j], hs_t[k], dim=-1)).mean()
+                                               for j, k in lm.items()]).mean(),                  # padding included
+        lambda hs_s, hs_t, m, lm: torch.stack([_cos_masked(hs_s[j], hs_t[k], m) for j, k in lm.items()]).sum(),
+        lambda hs_s, hs_t, m, lm: torch.stack([_cos_masked(hs_s[j - 1], hs_t[k], m) for j, k in lm.items()]).mean(),
+        lambda hs_s, hs_t, m, lm: torch.stack([_cos_masked(hs_s[j], hs_t[k - 1], m) for j, k in lm.items()]).mean(),
+        lambda hs_s, hs_t, m, lm: torch.tensor(_cos_layers(hs_s, hs_t, m, lm).item()),          # detached
+        lambda hs_s, hs_t, m, lm: torch.stack([F.mse_loss(hs_s[j], hs_t[k]) for j, k in lm.items()]).mean(),
     ],
     "09.param-count": [
         lambda L, H, I, V, P: _bert_params(L, H, I, V, P, pooler=True),
@@ -82,15 +86,14 @@ test_correct_answers_pass, test_wrong_answers_fail = answer_tests(CORRECT, WRONG
 
 
 def test_targeted_messages():
-    every, cos, params = WRONG["09.every-other"], WRONG["09.cosine-loss"], WRONG["09.param-count"]
-    assert "numbered from 1" in _verdict("09.every-other", every[0]).message
-    assert "second block" in _verdict("09.every-other", every[1]).message
-    assert "outside" in _verdict("09.every-other", every[2]).message
-    assert "padding included" in _verdict("09.cosine-loss", cos[0]).message
-    assert "1 - cos" in _verdict("09.cosine-loss", cos[1]).message
-    assert "sum" in _verdict("09.cosine-loss", cos[2]).message
-    assert "each sentence first" in _verdict("09.cosine-loss", cos[3]).message
-    assert "gradient" in _verdict("09.cosine-loss", cos[4]).message
+    spread, cos, params = WRONG["09.spread-layers"], WRONG["09.cosine-layers"], WRONG["09.param-count"]
+    assert "numbered from 1" in _verdict("09.spread-layers", spread[0]).message
+    assert "never reaches" in _verdict("09.spread-layers", spread[1]).message
+    assert "padding positions" in _verdict("09.cosine-layers", cos[0]).message
+    assert "sum over the pairs" in _verdict("09.cosine-layers", cos[1]).message
+    assert "student's index" in _verdict("09.cosine-layers", cos[2]).message
+    assert "teacher's index" in _verdict("09.cosine-layers", cos[3]).message
+    assert "gradient" in _verdict("09.cosine-layers", cos[4]).message
     assert "pooler" in _verdict("09.param-count", params[0]).message
     assert "token-type" in _verdict("09.param-count", params[1]).message
     assert "biases" in _verdict("09.param-count", params[2]).message

@@ -23,28 +23,31 @@ def _ch09_indices(name: str, got) -> list[int]:
     return out
 
 
-@register("09.every-other", hint="blocks are numbered from 0, as in transformers: keep the first block, skip the "
-                                 "next, and so on; check your function on the chapter's 6-block teacher.")
-def _check_09_every_other(fn):
-    function("every_other(num_teacher)", fn)
-    for n in (2, 4, 6, 12, 24):
-        expected = [k for k in range(n) if k % 2 == 0]  # keep a block, skip the next, from block 0
-        got = _ch09_indices(f"your every_other({n})", fn(n))
+@register("09.spread-layers", hint="the first and the last teacher block are always kept; the others sit at "
+                                    "equal distances between them, on the 0-based block numbers.")
+def _check_09_spread_layers(fn):
+    function("spread_layers(num_teacher, num_student)", fn)
+    from fractions import Fraction
+
+    for n, m in ((6, 3), (12, 6), (12, 4), (6, 2), (24, 6), (5, 5), (7, 4)):
+        # round(i (n - 1) / (m - 1)) with halves rounded up, in exact arithmetic
+        expected = [int(Fraction(i * (n - 1), m - 1) + Fraction(1, 2)) for i in range(m)]
+        got = _ch09_indices(f"your spread_layers({n}, {m})", fn(n, m))
         if got == expected:
             continue
         if got == [k + 1 for k in expected]:
-            raise Wrong(f"every_other({n}) = {got}: in transformers' 0-based numbering these are the second, fourth, "
-                        "... blocks: one layer out of two, but starting from the second block (or the right blocks "
-                        "numbered from 1). Number the blocks from 0, as student_from_teacher does, and start with "
-                        f"block 0; the last block is {n - 1}.")
-        if any(not 0 <= k < n for k in got):
-            raise Wrong(f"every_other({n}) = {got} names blocks outside 0..{n - 1}: a {n}-layer teacher has blocks "
-                        f"0 to {n - 1}.")
-        if len(got) != n // 2:
-            raise Wrong(f"every_other({n}) returns {len(got)} blocks; one layer out of two keeps {n // 2}.")
-        raise Wrong(f"every_other({n}) = {got}, expected {n // 2} blocks, one out of two, starting from block 0.")
-    return ("one layer out of two from block 0: (0, 2, 4, 6, 8, 10) for BERT-base's 12 layers. DistilBERT's "
-            "released extraction script copies (0, 2, 4, 7, 9, 11) instead, which keeps the top block.")
+            raise Wrong(f"spread_layers({n}, {m}) = {got}: numbered from 1; number the blocks from 0, as "
+                        f"student_from_teacher does (the last block is {n - 1}).")
+        if got == [k for k in range(n) if k % 2 == 0][:m]:
+            raise Wrong(f"spread_layers({n}, {m}) = {got} is 'every other block from the bottom': it never reaches "
+                        f"the teacher's last block {n - 1}.")
+        if len(got) != m:
+            raise Wrong(f"spread_layers({n}, {m}) returns {len(got)} blocks; the student has {m}.")
+        if got and (got[0] != 0 or got[-1] != n - 1):
+            raise Wrong(f"spread_layers({n}, {m}) = {got} should start at block 0 and end at the last block {n - 1}.")
+        raise Wrong(f"spread_layers({n}, {m}) = {got}, expected {expected} (evenly spread, halves rounded up).")
+    return ("both ends kept, the rest evenly spread: (0, 3, 5) for our teacher and (0, 2, 4, 7, 9, 11) for "
+            "BERT-base, the blocks DistilBERT's released extraction script copies.")
 
 
 def _ch09_cosine_reference(h_s: torch.Tensor, h_t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -59,51 +62,62 @@ def _ch09_cosine_reference(h_s: torch.Tensor, h_t: torch.Tensor, mask: torch.Ten
     return total / count
 
 
-@register("09.cosine-loss", hint="a cosine compares two vectors along one dimension: which one holds the hidden "
-                                 "features? Then leave the padding positions out of the average.")
-def _check_09_cosine_loss(fn):
-    function("cosine_loss(h_s, h_t, attention_mask)", fn)
+def _ch09_layers_reference(hs_s, hs_t, mask, layer_map) -> torch.Tensor:
+    return torch.stack([_ch09_cosine_reference(hs_s[j], hs_t[k], mask) for j, k in layer_map.items()]).mean()
+
+
+@register("09.cosine-layers", hint="first get the one-layer loss right (1 - cos over the real tokens of the batch), "
+                                   "then apply it to each (student, teacher) pair of the map and average the pairs.")
+def _check_09_cosine_layers(fn):
+    function("cosine_layers(hs_s, hs_t, attention_mask, layer_map)", fn)
     g = torch.Generator().manual_seed(9)
     lengths = torch.tensor([5, 2, 4])
     mask = (torch.arange(6)[None, :] < lengths[:, None]).long()  # (3, 6), right padding of different lengths
-    h_s = torch.randn(3, 6, 8, generator=g, dtype=torch.float64)
-    h_t = torch.randn(3, 6, 8, generator=g, dtype=torch.float64) + 0.5 * h_s  # related, not identical
-    expected = _ch09_cosine_reference(h_s, h_t, mask)
-    leaf = h_s.clone().requires_grad_(True)
-    got = fn(leaf, h_t.clone(), mask.clone())
+    hs_t = tuple(torch.randn(3, 6, 8, generator=g, dtype=torch.float64) for _ in range(7))   # teacher: 6 blocks
+    hs_s = tuple(torch.randn(3, 6, 8, generator=g, dtype=torch.float64) + 0.5 * hs_t[2 * i] for i in range(4))
+    layer_map = {1: 2, 2: 4, 3: 6}
+    expected = _ch09_layers_reference(hs_s, hs_t, mask, layer_map)
+    leaves = tuple(h.clone().requires_grad_(True) for h in hs_s)
+    got = fn(leaves, tuple(h.clone() for h in hs_t), mask.clone(), dict(layer_map))
     if not isinstance(got, torch.Tensor):
-        raise Wrong("cosine_loss should return a torch.Tensor (a loss to call backward() on), "
-                    f"got {type(got).__name__}.")
+        raise Wrong(f"cosine_layers should return a torch.Tensor (a loss to call backward() on), got "
+                    f"{type(got).__name__}.")
     if got.numel() != 1:
-        raise Wrong(f"cosine_loss should return one number (a 0-dim tensor), got shape {tuple(got.shape)}.")
+        raise Wrong(f"cosine_layers should return one number (a 0-dim tensor), got shape {tuple(got.shape)}.")
     if got.grad_fn is None:
-        raise Wrong("cosine_loss returns a tensor without a gradient: keep the computation in torch (no .item(), "
+        raise Wrong("cosine_layers returns a tensor without a gradient: keep the computation in torch (no .item(), "
                     "no .detach(), no numpy) so that backward() reaches the student.")
     value = got.detach().double().reshape(())
-    cos_tokens = torch.nn.functional.cosine_similarity(h_s, h_t, dim=-1)  # (3, 6), for the diagnoses below
+    cos = [torch.nn.functional.cosine_similarity(hs_s[j], hs_t[k], dim=-1) for j, k in layer_map.items()]  # (3, 6)
     real = mask.bool()
     diagnoses = [
-        ((1 - cos_tokens).mean(), "that averages over every position, padding included; average over the "
-                                  "tokens where attention_mask is 1 only."),
-        (cos_tokens[real].mean(), "that is the mean cosine similarity itself; the loss is 1 - cos, which is 0 when "
-                                  "the directions agree."),
-        ((1 - cos_tokens)[real].sum(), "that is the sum over the real tokens; DistilBERT averages them."),
-        (torch.stack([(1 - cos_tokens[b])[real[b]].mean() for b in range(3)]).mean(),
-         "that averages each sentence first and then the sentences, so a short sentence's tokens weigh more; "
-         "average over all real tokens of the batch at once."),
+        (torch.stack([(1 - c).mean() for c in cos]).mean(), "the padding positions are in your average; leave "
+                                                            "them out (attention_mask is 0 there)."),
+        (torch.stack([(1 - c)[real].mean() for c in cos]).sum(), "that is the sum over the pairs of the map; "
+                                                                 "average them, so the loss does not grow with the "
+                                                                 "number of pairs."),
+        (_ch09_layers_reference(hs_s, hs_t, mask, {j - 1: k for j, k in layer_map.items()}),
+         "the student's index is off by one: hidden state 0 is the embedding output, j the output of block j."),
+        (_ch09_layers_reference(hs_s, hs_t, mask, {j: k - 1 for j, k in layer_map.items()}),
+         "the teacher's index is off by one: hidden state 0 is the embedding output, k the output of block k."),
+        (torch.stack([torch.stack([(1 - c[b])[real[b]].mean() for b in range(3)]).mean() for c in cos]).mean(),
+         "that averages each sentence first, so a short sentence's tokens weigh more; average over all real "
+         "tokens of the batch at once."),
     ]
     if not torch.isclose(value, expected, atol=1e-8, rtol=1e-6):
         for wrong, message in diagnoses:
             if torch.isclose(value, wrong.double(), atol=1e-8, rtol=1e-6):
                 raise Wrong(f"your loss is {value.item():.5f}: {message}")
-        same_tensor("your cosine_loss on a batch of 3 padded sentences", value, expected, atol=1e-8, rtol=1e-6)
-    same_tensor("your cosine_loss when student and teacher states are equal",
-                fn(h_t.clone(), h_t.clone(), mask.clone()).detach().double().reshape(()),
-                torch.zeros((), dtype=torch.float64), atol=1e-7)
-    scaled = fn(3.0 * h_s.clone(), h_t.clone(), mask.clone()).detach().double().reshape(())
+        same_tensor("your cosine_layers on 3 padded sentences and the map {1: 2, 2: 4, 3: 6}", value, expected,
+                    atol=1e-8, rtol=1e-6)
+    one = fn(hs_s, hs_t, mask.clone(), {3: 6}).detach().double().reshape(())
+    same_tensor("your cosine_layers with the map {3: 6} (DistilBERT's last-layer loss)", one,
+                _ch09_cosine_reference(hs_s[3], hs_t[6], mask), atol=1e-8, rtol=1e-6)
+    scaled = fn(tuple(3.0 * h for h in hs_s), hs_t, mask.clone(), dict(layer_map)).detach().double().reshape(())
     if not torch.isclose(scaled, expected, atol=1e-8, rtol=1e-6):
         raise Wrong("scaling the student's states by 3 changes your loss; a cosine only sees directions.")
-    return "1 - cos over the real tokens only, averaged over the batch: kdedu.losses.cosine_hidden_loss."
+    return ("1 - cos over the real tokens, averaged over the batch and over the pairs of the map; with {M: N} it is "
+            "kdedu.losses.cosine_hidden_loss on the last layers, DistilBERT's L_cos.")
 
 
 def _ch09_bert_parts(num_layers: int, hidden: int, intermediate: int, vocab: int, positions: int) -> dict[str, int]:

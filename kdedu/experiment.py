@@ -22,11 +22,22 @@ prints the sentences that state their outcomes from the verdicts::
     family = compare_family({"KD beats no KD": (kd, no_kd), "KD beats label smoothing": (kd, ls)})
     print(verdict_sentence("KD", "no KD", family["KD beats no KD"]))
 
+Stored results. Runs bigger than the ``fast`` profile allows are made once in the ``powered`` profile (offline,
+CPU, more seeds and steps) and stored as tables with their provenance in :func:`results_dir` (the package's
+``results/`` folder, so Colab has them too). A chapter groups its runs into tables (``run(..., table=...)``),
+shows them with :func:`stored` and :func:`provenance` next to its live ``fast`` runs, and reads its verdicts
+off them. ``$KDEDU_RESULTS`` selects what ``run`` does with a table:
+
+* ``record``: compute every run afresh and write it to its table (``make results NB=book/NN-slug.ipynb``
+  executes a chapter so, in the ``powered`` profile: the one command that regenerates its tables);
+* ``reproduce``: re-run one (run, seed) of each table, check it against the stored value, and return the stored
+  runs (``tests/test_results.py`` executes every chapter with stored tables so);
+* unset: tables change nothing (``stored`` reads them).
 """
+
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import math
@@ -34,17 +45,18 @@ import numbers
 import os
 import time
 import warnings
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from kdedu._io import atomic_write
+from kdedu.stats import compare, compare_family, holm, min_detectable_effect, verdict_sentence
 from kdedu.zoo import cache_dir
 
 __all__ = ["RunResult", "run", "compare", "compare_family", "holm", "min_detectable_effect", "verdict_sentence",
-           "table"]
+           "table", "StoredResult", "stored", "provenance", "results_mode", "results_dir"]
 
 
 @dataclass
@@ -113,8 +125,14 @@ def _load(path: Path, config: dict) -> dict:
 
 def run(name: str, fn: Callable[[int], float | Mapping], seeds: Iterable[int] = range(5), config: dict | None = None,
         metric: str = "acc", cache: bool = True, root: str | Path | None = None,
-        progress: bool | None = None) -> RunResult:
+        progress: bool | None = None, table: str | None = None, tolerance: float = 0.0) -> RunResult:
     """Run ``fn(seed)`` for every seed and collect ``metric`` from what it returns.
+
+    ``table`` names the stored table this run belongs to (see "Stored results" in the module docstring):
+    with ``$KDEDU_RESULTS=record`` the run is computed afresh (no cache) and written to the table with its
+    provenance; with ``$KDEDU_RESULTS=reproduce`` the first run of each table recomputes its first stored
+    seed, checks it against the stored value (within ``tolerance``) and every run of the table returns its
+    stored values. Without ``$KDEDU_RESULTS`` the argument changes nothing.
 
     Args:
         name: a readable name (also the cache file's prefix).
@@ -133,6 +151,12 @@ def run(name: str, fn: Callable[[int], float | Mapping], seeds: Iterable[int] = 
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be distinct, got {seeds!r}")
     config = dict(config or {})
+    mode = results_mode()
+    if table is not None and mode == "reproduce":
+        return _reproduce(table, name, fn, seeds, config, metric, tolerance)
+    if table is not None and mode == "record":
+        cache = False  # every stored number is computed by the code being recorded
+    t_start = time.perf_counter()
     path = Path(root if root is not None else cache_dir() / "experiments") / f"{name}-{_key(name, config)}.json"
     done = _load(path, config) if cache else {}
     cached_seeds = [s for s in seeds if s in done and metric in done[s]["metrics"]]
@@ -161,225 +185,12 @@ def run(name: str, fn: Callable[[int], float | Mapping], seeds: Iterable[int] = 
                     "seeds": {str(k): v for k, v in sorted(done.items())}}
             atomic_write(path, json.dumps(blob, indent=1).encode())
     rows = [done[s] for s in seeds]
-    return RunResult(name=name, metric=metric, seeds=seeds, values=[r["metrics"][metric] for r in rows],
-                     metrics=[r["metrics"] for r in rows], time_s=[r["time_s"] for r in rows], config=config,
-                     cached_seeds=cached_seeds)
-
-
-def _check_level(level: float, power: float = 0.8) -> None:
-    for name, x in (("level", level), ("power", power)):
-        if isinstance(x, bool) or not isinstance(x, (int, float)) or not 0 < x < 1:
-            raise ValueError(f"{name} must be a number strictly between 0 and 1, got {x!r}")
-    if power <= 1 - level:
-        raise ValueError(f"power must exceed 1 - level = {1 - level:g} (the rejection rate with no effect), "
-                         f"got {power}")
-
-
-@functools.lru_cache(maxsize=512)
-def _mde_in_stds(n: int, level: float, power: float) -> float:
-    """The minimum detectable effect in units of the differences' std (Cohen's d_z), for n >= 2."""
-    from scipy import optimize, stats
-
-    df, root_n = n - 1, math.sqrt(n)
-    crit = float(stats.t.ppf((1 + level) / 2, df))
-
-    def power_at(effect: float) -> float:  # P(|T'| > crit), T' ~ noncentral t(df, effect * sqrt(n))
-        with warnings.catch_warnings():  # scipy's series may not converge deep in a tail, where it is ~0 anyway
-            warnings.simplefilter("ignore", RuntimeWarning)
-            upper = float(stats.nct.sf(crit, df, effect * root_n))
-            lower = float(stats.nct.sf(crit, df, -effect * root_n))  # = P(T' < -crit), by symmetry
-        if math.isnan(upper):
-            raise ArithmeticError(f"the power of the t-test could not be computed for n = {n}, level = {level}")
-        return upper + (0.0 if math.isnan(lower) else lower)
-
-    hi = 1.0
-    while power_at(hi) < power:  # power_at(0) = 1 - level < power; the power grows with the effect
-        hi *= 2
-    return float(optimize.brentq(lambda e: power_at(e) - power, 0.0, hi, xtol=1e-12, rtol=1e-10))
-
-
-def min_detectable_effect(n: int, std: float, level: float = 0.95, power: float = 0.8) -> float:
-    """The smallest true mean difference that a two-sided paired t-test detects with probability ``power``.
-
-    For ``n`` paired seeds whose differences have standard deviation ``std``, the test at ``level`` rejects
-    "no difference" when ``|T| > t_crit``, with ``T = mean / (std / sqrt(n))`` and ``t_crit`` the Student's t
-    quantile ``(1 + level) / 2`` with ``n - 1`` degrees of freedom. If the differences are normal with true mean
-    ``delta``, ``T`` follows the noncentral t distribution with ``n - 1`` degrees of freedom and noncentrality
-    ``delta * sqrt(n) / std``; the MDE is the ``delta`` at which ``P(|T| > t_crit) = power`` (found by
-    ``scipy.optimize.brentq``). It is in the units of ``std`` and proportional to it: ``std`` is the observed
-    spread, taken as the true one. ``inf`` for ``n < 2`` (no test), ``0`` for ``std == 0``. For many seeds it
-    approaches the normal formula ``(z_{(1 + level)/2} + z_power) * std / sqrt(n)``; for 5 seeds at 95 % and
-    80 % power it is 1.68 std, for 10 seeds 1.00 std.
-    """
-    _check_level(level, power)
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
-        raise ValueError(f"n must be a non-negative integer, got {n!r}")
-    if not (isinstance(std, numbers.Real) and std >= 0):
-        raise ValueError(f"std must be a number >= 0, got {std!r}")
-    if n < 2:
-        return math.inf
-    return 0.0 if std == 0 else float(std) * _mde_in_stds(int(n), float(level), float(power))
-
-
-def compare(a: RunResult | Sequence[float], b: RunResult | Sequence[float], level: float = 0.95,
-            power: float = 0.8) -> dict:
-    """Paired comparison of ``a - b`` seed by seed: a two-sided paired t-test.
-
-    ``a`` and ``b`` are :class:`RunResult` objects run on the same seeds, or two equally long sequences
-    of per-seed numbers, paired by position (seed i of ``a`` with seed i of ``b``). With ``d`` the n
-    per-seed differences ``a - b``, returns a dict with
-
-    - ``"mean"``, ``"std"``, ``"se"``: the mean, sample std (``ddof=1``; 0 for one seed) and standard error
-      ``std / sqrt(n)`` of ``d``;
-    - ``"t"``: the threshold, Student's t quantile ``(1 + level) / 2`` with ``n - 1`` degrees of freedom
-      (4.30 for 3 seeds, 2.78 for 5, 2.36 for 8, about 2 for many; ``inf`` for one seed);
-    - ``"wins"``: the number of seeds on which ``a`` is higher; ``"n"``: the number of seeds;
-    - ``"verdict"``: ``"better"``/``"worse"`` when the mean is more than ``t`` standard errors above/below 0 (the
-      test rejects "no difference" at ``1 - level``), else ``"no clear difference"`` (always with one seed);
-    - ``"p"``: the two-sided p-value ``2 * P(T_{n-1} > |mean / se|)`` (as ``scipy.stats.ttest_rel``); when all
-      differences are equal it is 0 if they are nonzero and 1 if they are all 0; ``nan`` for one seed;
-    - ``"mde"``: :func:`min_detectable_effect` for this ``n``, this ``std``, ``level`` and ``power``: the true
-      mean difference this test would detect with probability ``power``; ``"power"``: that probability.
-    """
-    _check_level(level, power)
-    if isinstance(a, RunResult) and isinstance(b, RunResult):
-        if a.seeds != b.seeds:
-            raise ValueError(f"a and b must be run on the same seeds for a paired comparison, got {a.seeds} "
-                             f"and {b.seeds}")
-        a, b = a.values, b.values
-    a, b = (np.asarray(v.values if isinstance(v, RunResult) else v, dtype=float) for v in (a, b))
-    if a.ndim != 1 or a.shape != b.shape or len(a) == 0:
-        raise ValueError(f"a and b must hold the same number of per-seed values, got shapes {a.shape} and {b.shape}")
-    d = a - b
-    n = len(d)
-    std = float(d.std(ddof=1)) if n > 1 else 0.0
-    se = std / math.sqrt(n)
-    mean = float(d.mean())
-    if n > 1:
-        from scipy import stats
-
-        t = float(stats.t.ppf((1 + level) / 2, n - 1))
-        p = float(2 * stats.t.sf(abs(mean) / se, n - 1)) if se > 0 else float(mean == 0)
-    else:
-        t, p = math.inf, math.nan
-    verdict = "better" if mean > t * se else "worse" if mean < -t * se else "no clear difference"
-    return {"mean": mean, "std": std, "se": se, "t": t, "wins": int((d > 0).sum()), "n": n, "verdict": verdict,
-            "p": p, "mde": min_detectable_effect(n, std, level, power), "power": power}
-
-
-def holm(pvalues: Sequence[float]) -> list[float]:
-    """Holm's step-down adjusted p-values, in the order given.
-
-    With the m p-values sorted ascending, ``p_(1) <= ... <= p_(m)``, the adjusted value of the i-th is
-    ``max over j <= i of min(1, (m - j + 1) * p_(j))``. Rejecting every hypothesis whose adjusted p-value is below
-    ``alpha`` is Holm's procedure: it keeps the probability of at least one false "better"/"worse" in the family
-    below ``alpha``, whatever the dependence between the tests. A ``nan`` (a comparison with no test) counts
-    in m, ranks as 1 and stays ``nan``.
-    """
-    p = np.asarray(pvalues, dtype=float)
-    if p.ndim != 1 or np.any(p[~np.isnan(p)] < 0) or np.any(p[~np.isnan(p)] > 1):
-        raise ValueError(f"pvalues must be a flat sequence of numbers in [0, 1], got {pvalues!r}")
-    m = len(p)
-    ranked = np.where(np.isnan(p), 1.0, p)
-    order = np.argsort(ranked, kind="stable")
-    adjusted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * ranked[order]))
-    out = np.empty(m)
-    out[order] = adjusted
-    return [math.nan if math.isnan(x) else float(y) for x, y in zip(p, out, strict=True)]
-
-
-def compare_family(comparisons: Mapping[Hashable, tuple], level: float = 0.95, power: float = 0.8) -> dict:
-    """A chapter's family of key comparisons, each a paired t-test, with Holm's correction across the family.
-
-    ``comparisons`` maps a label (e.g. ``"KD beats no KD"``, or a tuple of the two names) to a pair ``(a, b)``
-    as :func:`compare` takes them; each comparison tests ``a`` against ``b``. The book's policy is at most
-    three pre-registered key comparisons per chapter; more are allowed, and each one added makes every other
-    one harder to call (m grows). Returns a dict with the same labels, in the same order; each value holds
-    everything ``compare(a, b, level, power)`` returns, with these changes for the family:
-
-    - ``"p_holm"``: the Holm-adjusted p-value (:func:`holm` over the family's ``"p"`` values);
-    - ``"verdict"``: ``"better"``/``"worse"`` (the sign of the mean) when ``p_holm < 1 - level``, else
-      ``"no clear difference"``: the chance of any false "better"/"worse" in the family is at most ``1 - level``;
-    - ``"verdict_unadjusted"``: what ``compare`` alone says (this comparison tested on its own);
-    - ``"mde"``: the minimum detectable effect at the Bonferroni level ``1 - (1 - level) / m``, the level of
-      Holm's strictest step. Holm rejects everything Bonferroni rejects, so this is conservative: an effect of
-      this size is detected with at least ``power`` probability whatever the other comparisons show;
-    - ``"m"``: the number of comparisons in the family.
-
-    ``"t"`` and ``"p"`` stay those of the comparison on its own (unadjusted).
-    """
-    if not isinstance(comparisons, Mapping) or not comparisons:
-        raise ValueError("comparisons must be a non-empty mapping {label: (a, b)}")
-    _check_level(level, power)
-    for label, pair in comparisons.items():
-        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-            raise ValueError(f"comparisons[{label!r}] must be a pair (a, b), got {type(pair).__name__}")
-    m = len(comparisons)
-    results = {label: compare(a, b, level, power) for label, (a, b) in comparisons.items()}
-    adjusted = holm([r["p"] for r in results.values()])
-    for r, p_holm in zip(results.values(), adjusted, strict=True):
-        clear = p_holm < 1 - level  # False for nan
-        r["verdict_unadjusted"] = r["verdict"]
-        r["verdict"] = ("better" if r["mean"] > 0 else "worse") if clear else "no clear difference"
-        r["p_holm"] = p_holm
-        r["mde"] = min_detectable_effect(r["n"], r["std"], 1 - (1 - level) / m, power)
-        r["m"] = m
-    return results
-
-
-_CLAIMS = ("better", "worse", "no difference")
-
-
-def verdict_sentence(name_a: str, name_b: str, result: Mapping, claim: str = "better", unit: str = "points",
-                     scale: float = 100.0, digits: int = 2) -> str:
-    """One plain English sentence that reads the outcome of a comparison off ``result``.
-
-    ``result`` is what :func:`compare` (p-value ``p``) or one entry of :func:`compare_family` (``p_holm``)
-    returned for ``a = name_a`` against ``b = name_b``. ``claim`` is the pre-registered claim it tests:
-    ``"better"`` (A beats B), ``"worse"`` (B beats A) or ``"no difference"`` (A and B perform the same).
-    Numbers are the paired difference times ``scale`` (accuracies are fractions, so ``scale=100`` prints
-    points), as mean ± standard error. With a directional claim, the sentence ends in "the claim holds",
-    "... is contradicted" or "... is not shown at this scale", the last with the minimum detectable effect
-    ``mde``. A t-test cannot show that two methods are equal, so a "no difference" claim is at best
-    "consistent", again with the ``mde``: the effect that could still be hiding. Example::
-
-        KD beats no KD by 1.20 ± 0.30 points (mean ± s.e., 5 seeds, Holm-adjusted p = 0.012): the claim holds.
-    """
-    if claim not in _CLAIMS:
-        raise ValueError(f"claim must be one of {_CLAIMS}, got {claim!r}")
-    needed = {"mean", "se", "std", "n", "verdict", "p", "mde"}
-    if not isinstance(result, Mapping) or not needed <= set(result):
-        raise ValueError(f"result must be a dict returned by compare or compare_family, with the keys {sorted(needed)}")
-    mean, n, verdict = result["mean"], result["n"], result["verdict"]
-
-    def pts(x: float, sign: str = "") -> str:
-        return f"{scale * x:{sign}.{digits}f}" + (f" {unit}" if unit else "")
-
-    said = {"better": f"{name_a} beats {name_b}", "worse": f"{name_b} beats {name_a}",
-            "no difference": f"{name_a} and {name_b} perform the same"}[claim]
-    if n < 2:
-        return f"Only one seed ({name_a} − {name_b} = {pts(mean, '+')}), too few for a test: the claim that {said} " \
-               "is not tested."
-    p, label = (result["p_holm"], "Holm-adjusted p") if "p_holm" in result else (result["p"], "p")
-    p_text = f"{label} < 0.001" if p < 0.001 else f"{label} = {p:.2g}"
-    how = f"mean ± s.e., {n} seeds, {p_text}"
-    if verdict in ("better", "worse"):
-        winner, loser = (name_a, name_b) if verdict == "better" else (name_b, name_a)
-        outcome = f"{winner} beats {loser} by {abs(scale * mean):.{digits}f} ± {pts(result['se'])} ({how})"
-        if claim == verdict:
-            return f"{outcome}: the claim holds."
-        return f"{outcome}: the claim that {said} is contradicted."
-    if result["std"] == 0 and mean == 0:
-        seen = f"{name_a} and {name_b} score the same on all {n} seeds"
-        return f"{seen}: consistent with the claim." if claim == "no difference" else \
-            f"{seen}: the claim that {said} is not shown."
-    observed = f"No clear difference between {name_a} and {name_b} ({name_a} − {name_b} = {scale * mean:+.{digits}f} " \
-               f"± {pts(result['se'])}, {how})"
-    hiding = f"an effect smaller than {pts(result['mde'])} (the minimum detectable effect at " \
-             f"{round(100 * result.get('power', 0.8))} % power) could still be hiding"
-    if claim == "no difference":
-        return f"{observed}: consistent with the claim that they perform the same, not a proof of it: {hiding}."
-    return f"{observed}: the claim that {said} is not shown at this scale; {hiding}."
+    result = RunResult(name=name, metric=metric, seeds=seeds, values=[r["metrics"][metric] for r in rows],
+                       metrics=[r["metrics"] for r in rows], time_s=[r["time_s"] for r in rows], config=config,
+                       cached_seeds=cached_seeds)
+    if table is not None and mode == "record":
+        _record(table, result, time.perf_counter() - t_start, tolerance)
+    return result
 
 
 def table(results: Mapping[str, RunResult] | Iterable[RunResult], scale: float = 100.0, digits: int = 2) -> str:
@@ -390,3 +201,146 @@ def table(results: Mapping[str, RunResult] | Iterable[RunResult], scale: float =
         rows.append(f"| {label} | {scale * r.mean:.{digits}f} ± {scale * r.std:.{digits}f} | {len(r.values)} | "
                     f"{r.wall_time_s / len(r.values):.2f} |")
     return "\n".join(rows)
+
+
+# ------------------------------------------------------------------------------------------------
+# stored results
+# ------------------------------------------------------------------------------------------------
+RESULTS_MODES = ("record", "reproduce")
+_REPRODUCED: set[str] = set()  # tables whose one reproduction check has run in this process
+
+
+def results_mode() -> str | None:
+    """``$KDEDU_RESULTS``: ``"record"``, ``"reproduce"`` or None (read stored tables, compute live runs)."""
+    mode = os.environ.get("KDEDU_RESULTS", "").strip().lower() or None
+    if mode is not None and mode not in RESULTS_MODES:
+        raise ValueError(f"KDEDU_RESULTS must be one of {RESULTS_MODES} (or unset), got {mode!r}")
+    return mode
+
+
+def results_dir() -> Path:
+    """Where stored tables live: ``$KDEDU_RESULTS_DIR``, else the folder ``results/`` inside the package."""
+    return Path(os.environ.get("KDEDU_RESULTS_DIR") or Path(__file__).parent / "results")
+
+
+def _table_path(table: str) -> Path:
+    if not isinstance(table, str) or not table or any(c in table for c in "/\\ ") or table.startswith("."):
+        raise ValueError(f"table must be a plain name like 'ch09-ablation', got {table!r}")
+    return results_dir() / f"{table}.json"
+
+
+def _read_table(table: str) -> dict:
+    path = _table_path(table)
+    if not path.exists():
+        raise FileNotFoundError(f"no stored table {table!r} in {results_dir()}: regenerate it with "
+                                f"`make results NB=<the chapter's notebook>`")
+    return json.loads(path.read_text())
+
+
+def _provenance(wall_time_s: float) -> dict:
+    """Who made a stored run, how, on what: command, commit, package versions, machine, wall time."""
+    import platform
+    import subprocess
+    import sys
+
+    import torch
+
+    from kdedu import __version__
+    from kdedu.profile import current
+
+    def git(*args) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10)
+            return out.stdout.strip() if out.returncode == 0 else None
+        except OSError:
+            return None
+
+    versions = {"python": platform.python_version(), "kdedu": __version__, "torch": torch.__version__,
+                "numpy": np.__version__}
+    for name in ("transformers", "sklearn"):
+        module = sys.modules.get(name)
+        if module is not None:
+            versions[name] = getattr(module, "__version__", "?")
+    return {"command": os.environ.get("KDEDU_RESULTS_COMMAND") or " ".join(sys.argv),
+            "commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+            "versions": versions, "profile": current(),
+            "machine": {"system": platform.platform(), "processor": platform.processor() or platform.machine(),
+                        "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+            "recorded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "wall_time_s": round(wall_time_s, 1)}
+
+
+def _record(table: str, result: RunResult, wall_time_s: float, tolerance: float) -> None:
+    """Add (or replace) ``result`` in the stored ``table``, with its provenance; atomic."""
+    path = _table_path(table)
+    data = json.loads(path.read_text()) if path.exists() else {"table": table, "runs": {}}
+    data["runs"][result.name] = {
+        "metric": result.metric, "config": json.loads(json.dumps(result.config, default=str)), "seeds": result.seeds,
+        "values": result.values, "metrics": result.metrics, "time_s": [round(t, 2) for t in result.time_s],
+        "tolerance": float(tolerance), "provenance": _provenance(wall_time_s)}
+    atomic_write(path, (json.dumps(data, indent=1) + "\n").encode())
+
+
+@dataclass
+class StoredResult(RunResult):
+    """A :class:`RunResult` read from a stored table, with the ``provenance`` of the run that made it."""
+
+    table: str = ""
+    provenance: dict = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return (f"{self.name} (stored): {self.metric} {100 * self.mean:.2f} ± {100 * self.std:.2f} "
+                f"({len(self.values)} seeds, {self.provenance.get('profile', '?')} profile)")
+
+
+def stored(table: str, name: str | None = None) -> StoredResult | dict[str, StoredResult]:
+    """The runs of a stored table: all of them (a dict by run name), or the one called ``name``."""
+    data = _read_table(table)
+    runs = {}
+    for run_name, r in data["runs"].items():
+        runs[run_name] = StoredResult(name=run_name, metric=r["metric"], seeds=list(r["seeds"]),
+                                      values=list(r["values"]), metrics=list(r["metrics"]),
+                                      time_s=list(r["time_s"]), config=dict(r["config"]), table=table,
+                                      provenance=dict(r["provenance"]))
+    if name is None:
+        return runs
+    if name not in runs:
+        raise KeyError(f"table {table!r} has no run {name!r}; it has {sorted(runs)}")
+    return runs[name]
+
+
+def provenance(table: str) -> str:
+    """One Markdown line on where a stored table comes from: seeds, profile, machine, commit, time, command."""
+    runs = stored(table)
+    first = next(iter(runs.values())).provenance
+    seeds = sorted({len(r.seeds) for r in runs.values()})
+    wall = sum(r.provenance.get("wall_time_s", 0.0) for r in runs.values())
+    commit = (first.get("commit") or "?")[:10] + (" (with local changes)" if first.get("dirty") else "")
+    machine = first.get("machine", {})
+    device = machine.get("cuda") or f"{machine.get('cpus', '?')}-core CPU, {machine.get('torch_threads', '?')} threads"
+    return (f"Stored table `{table}`: {len(runs)} runs of {'/'.join(map(str, seeds))} seeds, "
+            f"`{first.get('profile', '?')}` profile, {wall / 60:.1f} min on a {device}, recorded "
+            f"{first.get('recorded', '?')[:10]} at commit {commit} with torch {first['versions'].get('torch', '?')}; "
+            f"regenerate: `{first.get('command', '?')}`.")
+
+
+def _reproduce(table: str, name: str, fn, seeds, config: dict, metric: str, tolerance: float) -> StoredResult:
+    """Reproduce mode: the stored run, after re-running one of its seeds if this table was not checked yet."""
+    try:
+        result = stored(table, name)
+    except KeyError:
+        raise KeyError(f"run {name!r} is not in the stored table {table!r}: regenerate the table") from None
+    if result.config != json.loads(json.dumps(config, default=str)) or result.seeds != list(seeds) \
+            or result.metric != metric:
+        raise ValueError(f"run {name!r} of table {table!r} was stored with another configuration, seeds or metric "
+                         f"than the code now asks for: regenerate the table")
+    if table not in _REPRODUCED:
+        seed = result.seeds[0]
+        out = fn(int(seed))
+        value = float(out[metric] if isinstance(out, Mapping) else out)
+        allowed = float(_read_table(table)["runs"][name].get("tolerance", 0.0))
+        if not abs(value - result.values[0]) <= allowed:
+            raise AssertionError(f"stored table {table!r} does not reproduce: run {name!r}, seed {seed}: {metric} = "
+                                 f"{value!r} now, {result.values[0]!r} stored (tolerance {allowed})")
+        _REPRODUCED.add(table)
+    return result

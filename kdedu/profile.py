@@ -1,16 +1,22 @@
-"""Run profiles: ``fast`` (a 2-core CPU, CI, offline) and ``full`` (a GPU and a network, e.g. Colab).
+"""Run profiles: how big a chapter's experiments are.
+
+* ``fast``: a 2-core CPU, offline; what CI and the book's build run (each chapter within its time budget).
+* ``powered``: offline on a CPU too, but with the seeds, data and steps a key comparison needs to resolve its
+  effect; too slow for every build, so its runs are made once and stored with their provenance
+  (``make results NB=book/NN-slug.ipynb``; see :mod:`kdedu.experiment`, "Stored results").
+* ``full``: a GPU and a network (e.g. Colab): the bigger data sets and models of the online loaders.
 
 The profile is ``$KDEDU_PROFILE`` when set, else ``full`` when CUDA is available, else ``fast``.
 Chapters size their experiments with :func:`pick`::
 
-    num_epochs = kdedu.profile.pick(fast=30, full=200)
+    num_epochs = kdedu.profile.pick(fast=30, full=200, powered=60)
 """
 
 from __future__ import annotations
 
 import os
 
-PROFILES = ("fast", "full")
+PROFILES = ("fast", "powered", "full")
 
 
 def current() -> str:
@@ -25,6 +31,12 @@ def current() -> str:
     return "full" if torch.cuda.is_available() else "fast"
 
 
-def pick(fast, full):
-    """``fast`` or ``full``, whichever matches the active profile."""
-    return fast if current() == "fast" else full
+def pick(fast, full, powered=None):
+    """The value for the active profile; ``powered`` defaults to ``fast`` (a chapter whose stored tables need
+    nothing bigger than its live run)."""
+    name = current()
+    if name == "full":
+        return full
+    if name == "powered" and powered is not None:
+        return powered
+    return fast

@@ -732,3 +732,71 @@ def test_verdict_sentence_edge_cases_and_formatting():
         verdict_sentence("A", "B", certain, claim="beats")
     with pytest.raises(ValueError, match="result"):
         verdict_sentence("A", "B", {"mean": 0.1})
+
+
+# ---- stored results ------------------------------------------------------------------------------
+def _noisy(seed):
+    """A deterministic 'experiment': its metric is a function of the seed."""
+    return {"acc": 0.5 + 0.01 * seed, "loss": 1.0 / (1 + seed)}
+
+
+def test_stored_tables_record_reproduce_and_read(tmp_path, monkeypatch):
+    monkeypatch.setenv("KDEDU_RESULTS_DIR", str(tmp_path))
+    monkeypatch.setenv("KDEDU_RESULTS_COMMAND", "make results NB=book/99-test.ipynb")
+    monkeypatch.setenv("KDEDU_RESULTS", "record")
+    calls = []
+
+    def fn(seed):
+        calls.append(seed)
+        return _noisy(seed)
+
+    a = experiment.run("a", fn, seeds=[0, 1, 2], config={"n": 1}, table="t", root=tmp_path / "cache")
+    b = experiment.run("b", lambda s: _noisy(s + 10), seeds=[0, 1, 2], config={"n": 2}, table="t",
+                       root=tmp_path / "cache")
+    assert calls == [0, 1, 2]
+    data = json.loads((tmp_path / "t.json").read_text())
+    assert set(data["runs"]) == {"a", "b"}
+    prov = data["runs"]["a"]["provenance"]
+    assert prov["command"] == "make results NB=book/99-test.ipynb"
+    assert {"commit", "versions", "machine", "wall_time_s", "profile", "recorded"} <= set(prov)
+    assert prov["versions"]["torch"] == torch.__version__ and data["runs"]["a"]["values"] == a.values
+    # recording again does not reuse the experiment cache: every stored number is computed anew
+    experiment.run("a", fn, seeds=[0, 1, 2], config={"n": 1}, table="t", root=tmp_path / "cache")
+    assert calls == [0, 1, 2, 0, 1, 2]
+
+    # reading: the same numbers, with provenance, and a one-line summary
+    monkeypatch.delenv("KDEDU_RESULTS")
+    runs = experiment.stored("t")
+    assert runs["b"].values == b.values and runs["a"].seeds == [0, 1, 2]
+    assert isinstance(runs["a"], experiment.RunResult) and runs["a"].provenance["command"].startswith("make")
+    assert experiment.compare(runs["b"], runs["a"])["verdict"] == "better"
+    line = experiment.provenance("t")
+    assert "2 runs of 3 seeds" in line and "make results NB=book/99-test.ipynb" in line
+    with pytest.raises(KeyError, match="has no run"):
+        experiment.stored("t", "c")
+    with pytest.raises(FileNotFoundError, match="make results"):
+        experiment.stored("missing")
+    with pytest.raises(ValueError, match="plain name"):
+        experiment.stored("../t")
+
+    # reproducing: one (run, seed) per table is recomputed, the rest comes from the store
+    monkeypatch.setenv("KDEDU_RESULTS", "reproduce")
+    experiment._REPRODUCED.clear()
+    calls.clear()
+    again = experiment.run("a", fn, seeds=[0, 1, 2], config={"n": 1}, table="t")
+    assert calls == [0] and again.values == a.values
+    experiment.run("b", lambda s: pytest.fail("a table is checked once"), seeds=[0, 1, 2], config={"n": 2}, table="t")
+    with pytest.raises(ValueError, match="another configuration"):
+        experiment.run("a", fn, seeds=[0, 1, 2], config={"n": 99}, table="t")
+    experiment._REPRODUCED.clear()
+    with pytest.raises(AssertionError, match="does not reproduce"):
+        experiment.run("a", lambda s: {"acc": 0.9}, seeds=[0, 1, 2], config={"n": 1}, table="t")
+    experiment._REPRODUCED.clear()
+
+
+def test_results_mode_is_validated(monkeypatch):
+    monkeypatch.setenv("KDEDU_RESULTS", "sometimes")
+    with pytest.raises(ValueError, match="KDEDU_RESULTS"):
+        experiment.results_mode()
+    monkeypatch.delenv("KDEDU_RESULTS")
+    assert experiment.results_mode() is None

@@ -1,4 +1,4 @@
-"""kdedu.profile: KDEDU_PROFILE picks fast/full; without it, full only when CUDA is available."""
+"""kdedu.profile: KDEDU_PROFILE picks fast/powered/full; without it, full only when CUDA is available."""
 
 from __future__ import annotations
 
@@ -49,4 +49,13 @@ def test_pick_returns_objects_unchanged(monkeypatch):
     monkeypatch.setenv("KDEDU_PROFILE", "full")
     big = {"epochs": 200}
     assert profile.pick(fast=None, full=big) is big
-    assert profile.PROFILES == ("fast", "full")
+    assert profile.PROFILES == ("fast", "powered", "full")
+
+
+def test_powered_profile_falls_back_to_fast(monkeypatch):
+    monkeypatch.setenv("KDEDU_PROFILE", "powered")
+    assert profile.current() == "powered"
+    assert profile.pick(fast=1, full=2, powered=3) == 3
+    assert profile.pick(fast=1, full=2) == 1            # a chapter with nothing bigger to store
+    monkeypatch.setenv("KDEDU_PROFILE", "fast")
+    assert profile.pick(fast=1, full=2, powered=3) == 1

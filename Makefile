@@ -15,7 +15,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.kdedu-install-stamp
 CONSTRAINTS := ci/constraints.txt
-CHAPTERS = $(sort $(wildcard book/[0-9][0-9]-*.ipynb))
+# the notebooks `make chapters` and `make book` execute: the numbered chapters, then the appendix pages that
+# run code (tests/test_book.py checks that no notebook in book/ is left out)
+CHAPTERS = $(sort $(wildcard book/[0-9][0-9]-*.ipynb)) $(wildcard book/distil-your-model.ipynb)
 # `make test` runs with a cold teacher cache, as CI does. Two pytest workers share the 2 cores, so each
 # gets one torch thread: oversubscribed OpenMP threads made training up to 10x slower here.
 TEST_CACHE := $(CURDIR)/.cache/kdedu-test
@@ -25,7 +27,7 @@ EXECUTED := _build/executed
 # pip's noise about local index folders that do not exist on some machines
 PIP_NOISE := is ignored: it is neither a file nor a directory
 
-.PHONY: help book test venv lint unit chapters site clean
+.PHONY: help book test venv lint unit chapters site clean results
 
 help:
 	@echo "make book   execute every chapter and build the site (_build/html)"
@@ -72,6 +74,20 @@ chapters: venv
 	rm -rf "$(TEST_CACHE)"; \
 	$(TEST_ENV) "$(BIN)/pytest" -n 2 --dist loadfile $(NBVAL_ARGS) --durations=5 $(CHAPTERS) \
 	  || { rc=$$?; [ $$rc -eq 5 ] || exit $$rc; }
+
+# ---- make results NB=book/NN-slug.ipynb: regenerate that chapter's stored tables ---------------------
+# Executes the chapter in the `powered` profile with KDEDU_RESULTS=record: every experiment.run(..., table=...)
+# is computed afresh and written, with its provenance, to kdedu/results/<table>.json. One torch thread, as
+# the reproduction test (tests/test_results.py) uses, so that a stored seed reproduces exactly. Slow (minutes
+# to an hour per chapter); never part of `make test`.
+results: venv
+	@if [ -z "$(NB)" ]; then echo "usage: make results NB=book/NN-slug.ipynb"; exit 2; fi; \
+	mkdir -p _build/results; start=$$(date +%s); \
+	KDEDU_PROFILE=powered KDEDU_RESULTS=record KDEDU_RESULTS_COMMAND="make results NB=$(NB)" KDEDU_PROGRESS=0 \
+	  MPLBACKEND=Agg OMP_NUM_THREADS=1 KDEDU_CACHE=$(CURDIR)/.cache/kdedu-results \
+	  "$(BIN)/jupyter" nbconvert --to notebook --execute --ExecutePreprocessor.timeout=-1 \
+	  --output-dir _build/results "$(NB)"; \
+	echo "recorded the stored tables of $(NB) in $$(( $$(date +%s) - start )) s (kdedu/results/)"
 
 # ---- make book ------------------------------------------------------------------------------------
 book: venv

@@ -15,9 +15,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.kdedu-install-stamp
 CONSTRAINTS := ci/constraints.txt
-# the notebooks `make chapters` and `make book` execute: the numbered chapters, then the appendix pages that
-# run code (tests/test_book.py checks that no notebook in book/ is left out)
-CHAPTERS = $(sort $(wildcard book/[0-9][0-9]-*.ipynb)) $(wildcard book/distil-your-model.ipynb)
+# the notebooks `make chapters` and `make book` execute: every book/*.ipynb, the numbered chapters first, then
+# the appendix pages that run code (tests/test_book.py checks that no notebook is left out)
+CHAPTERS = $(sort $(wildcard book/[0-9][0-9]-*.ipynb)) $(sort $(filter-out $(wildcard book/[0-9][0-9]-*.ipynb),$(wildcard book/*.ipynb)))
 # `make test` runs with a cold teacher cache, as CI does. Two pytest workers share the 2 cores, so each
 # gets one torch thread: oversubscribed OpenMP threads made training up to 10x slower here.
 TEST_CACHE := $(CURDIR)/.cache/kdedu-test

@@ -6,7 +6,6 @@ For every checker: a correct answer passes, plausible wrong answers fail (with a
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from checks import answer_tests

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 from checks import answer_tests
@@ -75,6 +76,7 @@ CORRECT = {
         lambda y, C, a: torch.full((len(y), C), (1 - a) / (C - 1)).scatter(1, y[:, None], a),
     ],
     "04.matching-eps": [10 * 0.1 / 9, 0.1111, 0.111],
+    "04.muller": [],  # a trained label-smoothed teacher: test_muller_trained_teachers (a fixture trains it once)
 }
 
 WRONG = {
@@ -106,7 +108,15 @@ WRONG = {
         lambda y, C, a: (1 - a) * F.one_hot(y, C).float() + a / C,  # swaps the roles
     ],
     "04.matching-eps": [0.1, 0.09, 0.9, 0.12],
+    "04.muller": [
+        "not a model",
+        torch.nn.Linear(3, 4),  # cannot read 8x8 digits
+        torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3)),  # 3 classes, not 10
+        "untrained",  # replaced below by an untrained SmallCNN (built after seeding)
+    ],
 }
+torch.manual_seed(0)
+WRONG["04.muller"][-1] = __import__("kdedu").models.SmallCNN()  # untrained: chance accuracy
 
 test_correct_answers_pass, test_wrong_answers_fail = answer_tests(CORRECT, WRONG)
 
@@ -132,3 +142,37 @@ def test_specific_messages():
     assert "uniform teacher" in _verdict("04.ls-constant", 0.1 * math.log(10)).message
     assert "sign" in _verdict("04.ls-constant", -H_SMOOTHED).message
     assert "0.91" in _verdict("04.matching-eps", 0.1).message
+
+
+# ------------------------------------------------------------------------------------------
+# 04.muller: the answer is a trained model, so the answers are trained once here (a few seconds)
+# ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def muller_teachers():
+    """SmallCNN teachers trained briefly (5 epochs) on the full training split: label smoothing eps = 0.3
+    (the exercise), eps = 0.1 and eps = 0.5 (other eps), and no smoothing."""
+    import kdedu
+    from kdedu.methods import LabelSmoothing, Supervised
+
+    loader = kdedu.data.digits_loaders(batch_size=64)["train"]
+    teachers = {}
+    for eps in (0.3, 0.1, 0.5, 0.0):
+        torch.manual_seed(0)
+        model = kdedu.models.SmallCNN()
+        kdedu.fit(LabelSmoothing(model, epsilon=eps) if eps else Supervised(model), loader, num_epochs=5, lr=3e-3,
+                  seed=0, progress=False)
+        teachers[eps] = model
+    return teachers
+
+
+def test_muller_trained_teachers(muller_teachers):
+    muller_teachers[0.3].train()  # a model left in training mode: the check evaluates in eval mode, then restores it
+    right = _verdict("04.muller", muller_teachers[0.3])
+    assert right, right.message
+    assert "entropy" in right.message and "nats" in right.message
+    assert muller_teachers[0.3].training
+    for eps, words in ((0.0, "with label smoothing"), (0.1, "eps = 0.3"), (0.5, "more smoothing")):
+        wrong = _verdict("04.muller", muller_teachers[eps])
+        assert not wrong and words in wrong.message, (eps, wrong.message)
+    untrained = _verdict("04.muller", WRONG["04.muller"][-1])
+    assert "accuracy" in untrained.message and "not a trained teacher" in untrained.message

@@ -101,3 +101,49 @@ def _check_04_matching_eps(answer):
     close("your eps", answer, expected, rel=2e-3)  # 0.111, to three decimals, is right
     return (f"eps = C (1 - a) / (C - 1) = {expected:.4f}: then every wrong class gets eps / C = (1 - a) / 9 and the "
             "label 1 - eps + eps / C = 0.9, so the two targets, and the gradients, are the same.")
+
+
+_MULLER_EPS, _MULLER_T = 0.3, 4.0
+
+
+@register("04.muller",
+          hint="a teacher for this exercise must be trained to convergence on the full training split (not the "
+               "200 transfer digits), and the smoothing belongs in its training loss, not in its outputs: the "
+               "check reads the model's own logits.")
+def _check_04_muller(model):
+    from kdedu import losses
+    from kdedu.data import digits, make_loader
+    from kdedu.train import predict
+
+    if isinstance(model, (str, bytes, int, float, torch.Tensor)) or not callable(model) \
+            or not hasattr(model, "parameters"):
+        raise Wrong(f"the answer should be your trained teacher, a torch.nn.Module, got {type(model).__name__}.")
+    try:
+        z_test, y_test = predict(model, make_loader(digits("test"), batch_size=512))
+        z, y = predict(model, make_loader(digits("train", limit=200), batch_size=512))
+    except Exception as err:
+        raise Wrong(f"your model cannot classify the 8x8 digits: {type(err).__name__}: {err}.") from None
+    if z.dim() != 2 or z.shape[1] != 10:
+        raise Wrong(f"your model returns logits of shape {tuple(z.shape)} for 200 digits; a teacher for the "
+                    "10 digit classes returns (200, 10).")
+    acc = (z_test.argmax(-1) == y_test).float().mean().item()
+    if acc < 0.9:
+        raise Wrong(f"your teacher's test accuracy is {acc:.1%}: not a trained teacher yet (the chapter's ordinary "
+                    "teacher is above 95 %).")
+    on_label = z.double().softmax(-1).gather(1, y[:, None]).mean().item()
+    cap = 1 - _MULLER_EPS + _MULLER_EPS / 10  # the probability that label smoothing's optimum gives the label
+    if on_label > cap + 0.09:
+        raise Wrong(f"your teacher gives the label of the transfer digits {on_label:.2f} on average at T = 1; the "
+                    f"optimum of label smoothing with eps = {_MULLER_EPS} gives it {cap:.2f}. Was it trained with "
+                    f"label smoothing, and with eps = {_MULLER_EPS}?")
+    if on_label < cap - 0.13:
+        raise Wrong(f"your teacher gives the label of the transfer digits only {on_label:.2f} on average at T = 1, "
+                    f"well below the {cap:.2f} of label smoothing with eps = {_MULLER_EPS}: more smoothing than "
+                    "asked, or too little training?")
+    p = losses.soft_targets(z.double(), _MULLER_T)
+    entropy = -(p * p.clamp_min(1e-300).log()).sum(-1).mean().item()
+    return (f"a label-smoothed teacher: test accuracy {acc:.1%}, {on_label:.2f} on the label (eps = {_MULLER_EPS} "
+            f"allows {cap:.2f}), and soft targets at T = {_MULLER_T:g} with a mean entropy of {entropy:.2f} nats on "
+            f"the transfer digits, {entropy / math.log(10):.0%} of the uniform's log C = {math.log(10):.2f}. "
+            "Compare it with the real teacher's line in section 2: that gap is the knowledge Müller et al. say "
+            "label smoothing erases.")

@@ -257,7 +257,7 @@ def _provenance(wall_time_s: float) -> dict:
 
     versions = {"python": platform.python_version(), "kdedu": __version__, "torch": torch.__version__,
                 "numpy": np.__version__}
-    for name in ("transformers", "sklearn"):
+    for name in ("transformers", "sklearn", "scipy"):  # recorded when the run imported them
         module = sys.modules.get(name)
         if module is not None:
             versions[name] = getattr(module, "__version__", "?")
@@ -318,7 +318,8 @@ def provenance(table: str) -> str:
     commit = (first.get("commit") or "?")[:10] + (" (with local changes)" if first.get("dirty") else "")
     machine = first.get("machine", {})
     device = machine.get("cuda") or f"{machine.get('cpus', '?')}-core CPU, {machine.get('torch_threads', '?')} threads"
-    return (f"Stored table `{table}`: {len(runs)} runs of {'/'.join(map(str, seeds))} seeds, "
+    return (f"Stored table `{table}`: {len(runs)} run{'s' if len(runs) != 1 else ''} of "
+            f"{'/'.join(map(str, seeds))} seeds, "
             f"`{first.get('profile', '?')}` profile, {wall / 60:.1f} min on a {device}, recorded "
             f"{first.get('recorded', '?')[:10]} at commit {commit} with torch {first['versions'].get('torch', '?')}; "
             f"regenerate: `{first.get('command', '?')}`.")

@@ -6,10 +6,14 @@ For every checker: a correct answer passes, plausible wrong answers fail (with a
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Mapping
+
+import numpy as np
 import torch
 from checks import answer_tests
 
-from kdedu import check
+from kdedu import check, experiment
 
 
 def _verdict(exercise_id, answer):
@@ -20,6 +24,77 @@ def phi_line(T, tau_max, T_start):  # through (1, 1) and (tau_max, 1 / T_start)
     return 1 - (T - 1) / (tau_max - 1) * (1 - 1 / T_start)
 
 
+@functools.cache
+def _ablation_runs() -> dict:
+    """The exercise's experiment, done as the chapter's solution does it (once per test session): the chapter's
+    train_student in the live setting (300 digits, 20 epochs, lr 0.03) over 5 seeds, Annealing KD and the
+    ablation tau_max=1, k=10."""
+    import kdedu
+    from kdedu.methods import AnnealingKD
+    from kdedu.models import SmallCNN
+
+    teacher = kdedu.zoo.teacher("digits-cnn", verbose=False)
+    train_loader = kdedu.data.make_loader(kdedu.data.digits("train", limit=300), batch_size=32, shuffle=True)
+    test_loader = kdedu.data.make_loader(kdedu.data.digits("test"), batch_size=512)
+    lr, seeds = 3e-2, list(range(5))
+
+    def accuracy(tau_max, k, seed):
+        torch.manual_seed(seed)
+        student = SmallCNN(channels=(4, 8))
+        kdedu.fit(AnnealingKD(student, teacher, tau_max=tau_max, k=k), train_loader, None, num_epochs=20, lr=lr,
+                  seed=seed, progress=False)
+        return kdedu.evaluate(student, test_loader)["acc"]
+
+    annealing = [accuracy(10, 1, s) for s in seeds]
+    no_annealing = [accuracy(1, 10, s) for s in seeds]
+    return {"seeds": seeds, "lr": lr, "annealing": annealing, "no_annealing": no_annealing,
+            "verdict": experiment.compare(annealing, no_annealing)["verdict"]}
+
+
+class Ablation(Mapping):
+    """An answer to 08.ablation, made from the correct one by ``change`` when it is first read (so collecting the
+    tests trains nothing)."""
+
+    def __init__(self, what: str, change=lambda answer: answer):
+        self.what, self.change, self._answer = what, change, None
+
+    def _get(self) -> dict:
+        if self._answer is None:
+            self._answer = self.change(dict(_ablation_runs()))
+        return self._answer
+
+    def __getitem__(self, key):
+        return self._get()[key]
+
+    def __iter__(self):
+        return iter(self._get())
+
+    def __len__(self):
+        return len(self._get())
+
+    def __repr__(self):
+        return f"<08.ablation answer: {self.what}>"
+
+
+def _with(**changes):
+    """The correct answer with some entries changed; the verdict recomputed from the lists unless it is changed."""
+    def change(answer):
+        answer = {**answer, **{k: (v(answer) if callable(v) else v) for k, v in changes.items()}}
+        if "verdict" not in changes:
+            answer["verdict"] = experiment.compare(answer["annealing"], answer["no_annealing"])["verdict"]
+        return answer
+    return change
+
+
+def _other_verdict(answer):
+    return next(v for v in ("better", "worse", "no clear difference") if v != answer["verdict"])
+
+
+def _shift(values, digits):
+    """Every accuracy moved by a few test digits (the other way where that would leave [0, 1])."""
+    return [v + digits / 360 if 0 <= v + digits / 360 <= 1 else v - digits / 360 for v in values]
+
+
 CORRECT = {
     "08.phi": [phi_line, lambda T, tau_max, T_start: torch.tensor(phi_line(T, tau_max, T_start))],
     "08.schedule": [
@@ -28,6 +103,13 @@ CORRECT = {
     ],
     "08.gradient": [lambda z_s, z_t, phi: 2 * (z_s - phi * z_t) / z_s.numel()],
     "08.effective-T": [6, 6.0, torch.tensor(6)],
+    "08.ablation": [
+        Ablation("as the chapter's solution makes it"),
+        Ablation("arrays and tuples", _with(seeds=lambda a: tuple(a["seeds"]),
+                                            annealing=lambda a: np.array(a["annealing"]),
+                                            no_annealing=lambda a: torch.tensor(a["no_annealing"], dtype=torch.float64),
+                                            verdict=lambda a: a["verdict"])),
+    ],
 }
 
 WRONG = {
@@ -53,6 +135,20 @@ WRONG = {
         lambda z_s, z_t, phi: 2 * (z_s - z_t) / z_s.numel(),  # ignores phi
     ],
     "08.effective-T": [3, 5, 8, 4, 14, "six"],
+    "08.ablation": [
+        Ablation("the verdict of another comparison", _with(verdict=_other_verdict)),
+        Ablation("the ablation's accuracies made up", _with(no_annealing=lambda a: _shift(a["no_annealing"], 2))),
+        Ablation("Annealing KD's accuracies made up", _with(annealing=lambda a: _shift(a["annealing"], -2))),
+        Ablation("trained at another learning rate than the one stated", _with(lr=1e-2)),
+        Ablation("the ablation's list copied from Annealing KD", _with(no_annealing=lambda a: list(a["annealing"]))),
+        Ablation("percentages", _with(annealing=lambda a: [100 * v for v in a["annealing"]],
+                                      no_annealing=lambda a: [100 * v for v in a["no_annealing"]])),
+        Ablation("too few seeds", _with(seeds=[0, 1, 2], annealing=lambda a: a["annealing"][:3],
+                                        no_annealing=lambda a: a["no_annealing"][:3])),
+        Ablation("one value missing", _with(no_annealing=lambda a: a["no_annealing"][:-1], verdict="better")),
+        {"seeds": [0, 1, 2, 3, 4], "lr": 0.03},  # keys missing
+        [0.9, 0.91, 0.92],
+    ],
 }
 
 test_correct_answers_pass, test_wrong_answers_fail = answer_tests(CORRECT, WRONG)
@@ -74,3 +170,24 @@ def test_targeted_messages():
     assert "steps" in _verdict("08.effective-T", 3).message
     assert "tau_max = 10" in _verdict("08.effective-T", 5).message
     assert "one step too many" in _verdict("08.effective-T", 8).message
+
+
+def test_ablation_messages():
+    wrong = {a.what: a for a in WRONG["08.ablation"] if isinstance(a, Ablation)}
+    expected = {
+        "the verdict of another comparison": "not what experiment.compare says",
+        "the ablation's accuracies made up": "the ablation (tau_max=1, k=10)",
+        "Annealing KD's accuracies made up": "Annealing KD (tau_max=10, k=1)",
+        "the ablation's list copied from Annealing KD": "the same, seed by seed",
+        "percentages": "percentages",
+        "too few seeds": "at least 5",
+    }
+    for what, message in expected.items():
+        assert message in _verdict("08.ablation", wrong[what]).message, what
+    missing_keys = WRONG["08.ablation"][-2]
+    assert "lacks the key(s) annealing, no_annealing, verdict" in _verdict("08.ablation", missing_keys).message
+
+
+def test_ablation_hint_gives_no_answer():
+    hint = check.hint("08.ablation", verbose=False)
+    assert hint and not any(word in hint for word in ("better", "worse", "no clear", "tau_max=1", "k=10", "0."))

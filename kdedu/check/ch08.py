@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import math
+import numbers
+from collections.abc import Mapping
 
 import torch
 
@@ -126,3 +131,113 @@ def _check_08_effective_T(answer):
     close("your number of epochs", got, expected, rel=0, abs_=1e-9)
     return (f"{expected} epochs (T = 7, 6, 5, each for {k} epochs) have a target at least as soft as softmax "
             f"temperature 2: fewer than half of the {k * tau_max} epochs of stage I.")
+
+
+# ------------------------------------------------------------------------------------------------
+# 08.ablation: an experiment. The reader trains the ablation over the chapter's live seeds; the checker trains
+# one of the submitted seeds again, both ways, at the chapter's live setting, and recomputes the verdict.
+# ------------------------------------------------------------------------------------------------
+ABLATION_SETTING = {"n_train": 300, "batch_size": 32, "num_epochs": 20, "n_test": 360, "min_seeds": 5,
+                    "annealing": {"tau_max": 10, "k": 1}, "no_annealing": {"tau_max": 1, "k": 10}}
+"""The chapter's live setting (its ``train_student`` in the ``fast`` and ``full`` profiles)."""
+
+
+@functools.lru_cache(maxsize=64)  # a resubmitted answer is checked again in no time
+def ablation_accuracy(tau_max: int, k: int, lr: float, seed: int) -> float:
+    """Test accuracy of the chapter's student trained with ``AnnealingKD(tau_max, k)`` in the live setting.
+
+    The same steps as the chapter's ``train_student``: the zoo's ``digits-cnn`` teacher, the first 300 training
+    digits in batches of 32, ``torch.manual_seed(seed)`` before building ``SmallCNN(channels=(4, 8))``, then
+    ``fit(..., num_epochs=20, lr=lr, seed=seed)``, scored on the 360 test digits.
+    """
+    from kdedu import data, zoo
+    from kdedu.methods import AnnealingKD
+    from kdedu.models import SmallCNN
+    from kdedu.train import evaluate, fit
+
+    s = ABLATION_SETTING
+    teacher = zoo.teacher("digits-cnn", verbose=False)
+    loader = data.make_loader(data.digits("train", limit=s["n_train"]), batch_size=s["batch_size"], shuffle=True)
+    torch.manual_seed(seed)
+    student = SmallCNN(channels=(4, 8))
+    fit(AnnealingKD(student, teacher, tau_max=tau_max, k=k), loader, num_epochs=s["num_epochs"], lr=lr, seed=seed,
+        progress=False)
+    return float(evaluate(student, data.make_loader(data.digits("test"), batch_size=512))["acc"])
+
+
+def _ch08_numbers(name: str, values, n: int) -> list[float]:
+    if isinstance(values, torch.Tensor):
+        values = values.tolist()
+    elif hasattr(values, "tolist"):  # a numpy array
+        values = values.tolist()
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
+        raise Wrong(f'answer["{name}"] should be a list of per-seed accuracies, got {type(values).__name__}.')
+    out = [_ch08_number(f'an entry of answer["{name}"]', v) for v in values]
+    if len(out) != n:
+        raise Wrong(f'answer["{name}"] has {len(out)} values for {n} seeds: give one accuracy per seed, in the '
+                    'order of answer["seeds"].')
+    return out
+
+
+@register("08.ablation", hint="the ablation is one more experiment.run over the chapter's live seeds, built like "
+                              "the chapter's own Annealing KD run with only the AnnealingKD arguments changed; keep "
+                              "every list in the order of the seeds.")
+def _check_08_ablation(answer):
+    from kdedu.stats import compare
+    from kdedu.train import default_device
+
+    s = ABLATION_SETTING
+    if not isinstance(answer, Mapping):
+        raise Wrong(f"the answer should be a dict with the keys seeds, lr, annealing, no_annealing and verdict, "
+                    f"got {type(answer).__name__}.")
+    missing = [key for key in ("seeds", "lr", "annealing", "no_annealing", "verdict") if key not in answer]
+    if missing:
+        raise Wrong(f"the answer lacks the key(s) {', '.join(missing)}.")
+    seeds = answer["seeds"]
+    seeds = list(seeds.tolist() if hasattr(seeds, "tolist") else seeds) if hasattr(seeds, "__iter__") else None
+    if not seeds or not all(isinstance(x, numbers.Integral) and not isinstance(x, bool) for x in seeds):
+        raise Wrong('answer["seeds"] should be a list of integer seeds.')
+    seeds = [int(x) for x in seeds]
+    if len(set(seeds)) != len(seeds) or len(seeds) < s["min_seeds"]:
+        raise Wrong(f'answer["seeds"] = {seeds}: give the chapter\'s live seeds, at least {s["min_seeds"]} distinct '
+                    "ones.")
+    lr = _ch08_number('answer["lr"]', answer["lr"])
+    if not 0 < lr < 1:
+        raise Wrong(f'answer["lr"] = {lr:g} is not a learning rate that the chapter uses.')
+    n = len(seeds)
+    annealing = _ch08_numbers("annealing", answer["annealing"], n)
+    no_annealing = _ch08_numbers("no_annealing", answer["no_annealing"], n)
+    for name, values in (("annealing", annealing), ("no_annealing", no_annealing)):
+        if any(v > 1 for v in values) and all(0 <= v <= 100 for v in values):
+            raise Wrong(f'answer["{name}"] looks like percentages; give accuracies as fractions, as '
+                        "experiment.run returns them.")
+        counts = [v * s["n_test"] for v in values]
+        if any(not 0 <= v <= 1 for v in values) or any(abs(c - round(c)) > 1e-4 for c in counts):
+            raise Wrong(f'answer["{name}"] holds values that are not accuracies on the {s["n_test"]} test digits '
+                        "(a whole number of digits right, divided by 360).")
+    if annealing == no_annealing:
+        raise Wrong("the two lists are the same, seed by seed: the ablation is a different training run "
+                    "(tau_max=1, k=10) from the chapter's Annealing KD.")
+    verdicts = ("better", "worse", "no clear difference")
+    if answer["verdict"] not in verdicts:
+        raise Wrong(f'answer["verdict"] should be one of {verdicts}, got {answer["verdict"]!r}.')
+    if answer["verdict"] != compare(annealing, no_annealing)["verdict"]:
+        raise Wrong(f'answer["verdict"] = {answer["verdict"]!r} is not what experiment.compare says of your two '
+                    "lists, Annealing KD first.")
+    # one seed, picked from the submission itself: the same answer is always checked on the same seed
+    blob = json.dumps([seeds, annealing, no_annealing, lr]).encode()
+    i = int(hashlib.sha256(blob).hexdigest(), 16) % n
+    device = default_device()
+    allowed = (1 if device.type == "cpu" else 3) / s["n_test"] + 1e-9  # a digit of float noise; GPUs: a few
+    for name, lst in (("no_annealing", no_annealing), ("annealing", annealing)):
+        again = ablation_accuracy(**s[name], lr=lr, seed=seeds[i])
+        if abs(again - lst[i]) > allowed:
+            what = "the ablation (tau_max=1, k=10)" if name == "no_annealing" else \
+                "the chapter's Annealing KD (tau_max=10, k=1)"
+            raise Wrong(f'seed {seeds[i]}: your answer["{name}"] says {100 * lst[i]:.2f} %, but training {what} '
+                        f"in the live setting (300 digits, 20 epochs, lr = {lr:g}) gives {100 * again:.2f} %. "
+                        "Check the method's arguments, the learning rate, the setting and the order of the values.")
+    c = compare(annealing, no_annealing)
+    return (f"your seed {seeds[i]} reproduces, both ways. Annealing KD − ablation = {100 * c['mean']:+.2f} ± "
+            f"{100 * c['se']:.2f} points over {n} seeds: {c['verdict']} (exploratory; minimum detectable effect "
+            f"{100 * c['mde']:.2f} points).")

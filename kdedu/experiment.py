@@ -315,13 +315,18 @@ def provenance(table: str) -> str:
     first = next(iter(runs.values())).provenance
     seeds = sorted({len(r.seeds) for r in runs.values()})
     wall = sum(r.provenance.get("wall_time_s", 0.0) for r in runs.values())
-    commit = (first.get("commit") or "?")[:10] + (" (with local changes)" if first.get("dirty") else "")
+    commits = sorted({(r.provenance.get("commit") or "?")[:10] for r in runs.values()})
+    dirty = any(r.provenance.get("dirty") for r in runs.values())
+    commit = ("commit " if len(commits) == 1 else "commits ") + ", ".join(commits) + (
+        " (with local changes)" if dirty else "")
     machine = first.get("machine", {})
-    device = machine.get("cuda") or f"{machine.get('cpus', '?')}-core CPU, {machine.get('torch_threads', '?')} threads"
+    threads = machine.get("torch_threads", "?")
+    cpu = f"{machine.get('cpus', '?')}-core CPU, {threads} thread{'' if threads == 1 else 's'}"
+    device = machine.get("cuda") or cpu
     return (f"Stored table `{table}`: {len(runs)} run{'s' if len(runs) != 1 else ''} of "
             f"{'/'.join(map(str, seeds))} seeds, "
             f"`{first.get('profile', '?')}` profile, {wall / 60:.1f} min on a {device}, recorded "
-            f"{first.get('recorded', '?')[:10]} at commit {commit} with torch {first['versions'].get('torch', '?')}; "
+            f"{first.get('recorded', '?')[:10]} at {commit} with torch {first['versions'].get('torch', '?')}; "
             f"regenerate: `{first.get('command', '?')}`.")
 
 

@@ -47,8 +47,8 @@ def _check_08_phi(fn):
             "ties the starting softness to the number of steps.")
 
 
-@register("08.schedule", hint="Phi multiplies the logits and a softmax temperature divides them: read each step of "
-                              "the chapter's stage1_temperatures as a softmax temperature.")
+@register("08.schedule", hint="Phi multiplies the logits and a softmax temperature divides them; here it is the "
+                              "softmax temperature, not Phi, that must fall by equal steps.")
 def _check_08_schedule(fn):
     function("phis_linear_in_T(tau_max, k)", fn)
     for tau_max, k in ((10, 1), (4, 3), (7, 2), (1, 5)):

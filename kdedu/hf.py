@@ -31,7 +31,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import ModelOutput
 
 from kdedu._validate import check_temperature, check_unit_interval
-from kdedu.methods.kd import IGNORE_INDEX, KD
+from kdedu.methods.kd import KD, keep_rows
 from kdedu.outputs import batch_size, model_outputs
 from kdedu.train import Distiller
 
@@ -386,15 +386,9 @@ class DistillationTrainer(Trainer):
         """The rows the loss averages over, as :func:`kdedu.methods.kd.token_rows` keeps them: labels not -100,
         and, for token-level rows, the attention mask (shifted by one position for a causal LM)."""
         mask = inputs.get("attention_mask")
-        if self.causal_lm:
-            if labels is None and mask is None:
-                ids = inputs["input_ids"]
-                return torch.ones_like(ids[:, 1:], dtype=torch.bool)
-            labels, mask = (labels[:, 1:] if labels is not None else None), (mask[:, 1:] if mask is not None else None)
-        keep = labels != IGNORE_INDEX if labels is not None else None
-        if mask is not None and (keep is None or tuple(mask.shape) == tuple(keep.shape)):
-            keep = mask.bool() if keep is None else keep & mask.bool()
-        return keep
+        if self.causal_lm and labels is None and mask is None:
+            return torch.ones_like(inputs["input_ids"][:, 1:], dtype=torch.bool)
+        return keep_rows(labels, mask, self.causal_lm)[1]
 
     def _count_rows(self, inputs, labels) -> torch.Tensor:
         keep = self._keep_rows(inputs, labels)

@@ -14,32 +14,41 @@ from torch import nn
 from kdedu import losses
 from kdedu._validate import check_temperature, check_unit_interval
 from kdedu.outputs import attention_mask_of, run
-from kdedu.train import Distiller
+from kdedu.train import IGNORE_INDEX, Distiller
 
-IGNORE_INDEX = -100  # Hugging Face's label for "no target here" (padding, the prompt of a causal LM)
+
+def keep_rows(labels: torch.Tensor | None, attention_mask: torch.Tensor | None, causal_lm: bool = False,
+              rows_shape: tuple | None = None):
+    """Which rows a loss counts: ``(labels, keep)``, labels shifted for a causal LM.
+
+    For a causal LM (``causal_lm=True``) position ``i`` predicts token ``i + 1``: the labels and the attention
+    mask lose their first position, the usual one-position shift. ``keep`` (bool) is ``labels != -100`` and,
+    where the mask has the rows' shape (``rows_shape``, default the labels' shape), also the attention mask;
+    with no labels it is the attention mask alone, or None (every row).
+    """
+    if causal_lm:
+        labels = labels[:, 1:] if labels is not None else None                   # (B, L-1)
+        attention_mask = attention_mask[:, 1:] if attention_mask is not None else None
+    keep = labels != IGNORE_INDEX if labels is not None else None
+    shape = rows_shape if rows_shape is not None else (tuple(keep.shape) if keep is not None else None)
+    if attention_mask is not None and (shape is None or tuple(attention_mask.shape) == tuple(shape)):
+        keep = attention_mask.bool() if keep is None else keep & attention_mask.bool()
+    return labels, keep
 
 
 def token_rows(logits: torch.Tensor, labels: torch.Tensor | None, inputs=None, causal_lm: bool = False,
                model: nn.Module | None = None):
-    """Line up logits and labels row by row, and say which rows count.
+    """Line up logits and labels row by row, and say which rows count (:func:`keep_rows`).
 
-    Returns ``(logits, labels, keep)``. For a causal LM (``causal_lm=True``) position ``i`` predicts token
-    ``i + 1``: the logits lose their last position and the labels (or the attention mask) their first, the
-    usual one-position shift. ``keep`` (bool, the rows' shape) is ``labels != -100``, and, for token-level
-    logits, also the attention mask; with no labels it is the attention mask alone (or None: every row).
+    Returns ``(logits, labels, keep)``; for a causal LM the logits lose their last position. The attention mask
+    counts for token-level logits only (its shape must be the rows').
     """
     mask = attention_mask_of(inputs, model) if inputs is not None else None
     if causal_lm:
         if logits.dim() != 3:
             raise ValueError(f"a causal LM's logits must be (B, L, V), got {tuple(logits.shape)}")
         logits = logits[:, :-1]                                                  # (B, L-1, V)
-        labels = labels[:, 1:] if labels is not None else None                   # (B, L-1)
-        mask = mask[:, 1:] if mask is not None else None
-    keep = None
-    if labels is not None:
-        keep = labels != IGNORE_INDEX
-    if mask is not None and tuple(mask.shape) == tuple(logits.shape[:-1]):     # per-token rows only
-        keep = mask.bool() if keep is None else keep & mask.bool()
+    labels, keep = keep_rows(labels, mask, causal_lm, tuple(logits.shape[:-1]))
     return logits, labels, keep
 
 

@@ -262,7 +262,10 @@ def _provenance(wall_time_s: float) -> dict:
         if module is not None:
             versions[name] = getattr(module, "__version__", "?")
     return {"command": os.environ.get("KDEDU_RESULTS_COMMAND") or " ".join(sys.argv),
-            "commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+            "commit": git("rev-parse", "HEAD"),
+            # local changes to anything but the stored tables themselves (recording one must not mark the next)
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no", "--", ":(top)",
+                              ":(top,exclude)kdedu/results")),
             "versions": versions, "profile": current(),
             "machine": {"system": platform.platform(), "processor": platform.processor() or platform.machine(),
                         "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),

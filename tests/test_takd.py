@@ -142,9 +142,9 @@ def test_each_network_is_the_teacher_of_the_next(teacher, loaders, monkeypatch, 
         assert any(not torch.equal(spy.calls[i]["teacher_state"][k], built[i - 1][2][k]) for k in built[i - 1][2])
         # ... and it never moved afterwards: its final weights are the ones it taught with
         assert_same_state(state(result.networks[i - 1]), spy.calls[i]["teacher_state"])
-    # step i builds its network after torch.manual_seed(seed + i)
+    # assistant i (1-based) is built after torch.manual_seed(seed + i); the student after torch.manual_seed(seed)
     for i, (h, _, initial) in enumerate(built):
-        torch.manual_seed(11 + i)
+        torch.manual_seed(11 if i == m else 11 + i + 1)
         assert_same_state(initial, state(MLP(6, h, 3)))
 
 
@@ -153,12 +153,12 @@ def test_one_assistant_chain_matches_two_manual_kd_runs(teacher, loaders):
     train_loader, val_loader = loaders
     result = takd(teacher, [builder((16,))], builder((4,)), train_loader, val_loader, alpha=0.5, temperature=4.0,
                   seed=3, **FIT)
-    torch.manual_seed(3)
-    assistant = builder((16,))()
-    fit(KD(assistant, teacher, alpha=0.5, temperature=4.0), train_loader, val_loader, seed=3, **FIT)
     torch.manual_seed(4)
+    assistant = builder((16,))()
+    fit(KD(assistant, teacher, alpha=0.5, temperature=4.0), train_loader, val_loader, seed=4, **FIT)
+    torch.manual_seed(3)  # the student starts where a plain KD student of seed 3 starts
     student = builder((4,))()
-    fit(KD(student, assistant, alpha=0.5, temperature=4.0), train_loader, val_loader, seed=4, **FIT)
+    fit(KD(student, assistant, alpha=0.5, temperature=4.0), train_loader, val_loader, seed=3, **FIT)
     assert_same_state(state(result.assistants[0]), state(assistant))
     assert_same_state(state(result.student), state(student))
 
@@ -224,8 +224,8 @@ def test_fit_kwargs_reach_fit(teacher, loaders, monkeypatch):
     monkeypatch.setattr(takd_module, "fit", spy_fit)
     takd(teacher, [builder((16,))], builder((4,)), train_loader, val_loader, seed=7, num_epochs=1, lr=0.05,
          optimizer="sgd", progress=False)
-    assert [(k["num_epochs"], k["lr"], k["optimizer"], k["seed"]) for k in seen] == [(1, 0.05, "sgd", 7),
-                                                                                     (1, 0.05, "sgd", 8)]
+    assert [(k["num_epochs"], k["lr"], k["optimizer"], k["seed"]) for k in seen] == [(1, 0.05, "sgd", 8),
+                                                                                     (1, 0.05, "sgd", 7)]
 
 
 def test_same_seed_gives_the_same_chain(teacher, loaders):

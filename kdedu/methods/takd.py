@@ -59,7 +59,9 @@ def takd(
             (Mirzadeh et al. put the assistant midway between teacher and student). ``[]`` is plain KD.
         make_student: builds the student.
         alpha, temperature: the KD mixture used at every step.
-        seed: step ``i`` builds its network after ``torch.manual_seed(seed + i)`` and trains with that seed.
+        seed: the student is built after ``torch.manual_seed(seed)`` and trained with ``seed``, so it starts
+            from the weights and batch order of a plain KD student of the same seed (paired comparisons);
+            assistant ``i`` (1, 2, ...) is built after ``torch.manual_seed(seed + i)`` and trained with it.
         **fit_kwargs: passed to :func:`kdedu.train.fit` (``num_epochs``, ``lr``, ``progress``, ...).
     """
     if not isinstance(teacher, nn.Module):
@@ -68,12 +70,14 @@ def takd(
     networks, histories, steps = [], [], []
     previous = teacher
     for i, build in enumerate(builders):
-        name = "student" if i == len(builders) - 1 else f"assistant {i + 1}"
-        torch.manual_seed(seed + i)
+        is_student = i == len(builders) - 1
+        name = "student" if is_student else f"assistant {i + 1}"
+        step_seed = seed if is_student else seed + i + 1
+        torch.manual_seed(step_seed)
         net = build()
         t0 = time.perf_counter()
         history = fit(KD(net, previous, alpha=alpha, temperature=temperature), train_loader, val_loader,
-                      seed=seed + i, desc=f"TAKD: {name}", **fit_kwargs)
+                      seed=step_seed, desc=f"TAKD: {name}", **fit_kwargs)
         steps.append({"name": name, "params": count_parameters(net), "epochs": len(history),
                       "time_s": time.perf_counter() - t0})
         networks.append(net)

@@ -6,12 +6,14 @@ For every checker: a correct answer passes, plausible wrong answers fail (with a
 
 from __future__ import annotations
 
+import functools
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from kdedu import check
+from kdedu import check, experiment
 
 
 def _verdict(exercise_id, answer):
@@ -131,3 +133,71 @@ def test_07_chain_epochs_correct(answer):
 def test_07_chain_epochs_wrong(answer, words):
     result = _verdict("07.chain-epochs", answer)
     assert not result and words in result.message
+
+
+# ------------------------------------------------------------------------------------------
+# 07.early-stopping: the experiment, made once per session as the chapter's solution makes it
+# ------------------------------------------------------------------------------------------
+@functools.cache
+def _early_runs() -> dict:
+    """The chapter's train_student (width 16, the first 200 digits in one batch, 150 epochs, lr 0.01, KD with
+    alpha 0.5 and T 4) over 5 seeds, from the width-4096 digits-mlp teacher stopped after 3 epochs and from the
+    fully trained one; written here independently of the checker."""
+    import kdedu
+    from kdedu.methods import KD
+    from kdedu.models import MLP
+
+    transfer = kdedu.data.digits("train", limit=200)
+    test_loader = kdedu.data.make_loader(kdedu.data.digits("test"), batch_size=512)
+    teachers = {"early": kdedu.zoo.teacher("digits-mlp", hidden=[4096], num_epochs=3, verbose=False),
+                "full": kdedu.zoo.teacher("digits-mlp", hidden=[4096], verbose=False)}
+    seeds = list(range(5))
+
+    def accuracy(teacher, seed):
+        torch.manual_seed(seed)
+        student = MLP(hidden=(16,))
+        kdedu.fit(KD(student, teacher, alpha=0.5, temperature=4.0), [(transfer.x, transfer.y)], num_epochs=150,
+                  lr=1e-2, seed=seed, progress=False)
+        return kdedu.evaluate(student, test_loader)["acc"]
+
+    out = {name: [accuracy(t, s) for s in seeds] for name, t in teachers.items()}
+    return {"seeds": seeds, **out, "verdict": experiment.compare(out["early"], out["full"])["verdict"]}
+
+
+def _early(**changes) -> dict:
+    answer = dict(_early_runs())
+    answer.update({k: (v(answer) if callable(v) else v) for k, v in changes.items()})
+    if "verdict" not in changes:
+        answer["verdict"] = experiment.compare(answer["early"], answer["full"])["verdict"]
+    return answer
+
+
+def test_07_early_stopping_correct():
+    assert _verdict("07.early-stopping", _early())
+    arrays = _early(seeds=lambda a: tuple(a["seeds"]), early=lambda a: np.array(a["early"]),
+                    full=lambda a: torch.tensor(a["full"], dtype=torch.float64), verdict=lambda a: a["verdict"])
+    assert _verdict("07.early-stopping", arrays)
+
+
+def _other(verdict):
+    return next(v for v in ("better", "worse", "no clear difference") if v != verdict)
+
+
+@pytest.mark.parametrize("change, words", [
+    (dict(early=lambda a: a["full"], full=lambda a: a["early"]), "seed"),     # the two lists swapped
+    (dict(early=lambda a: [v + 2 / 360 if v <= 1 - 2 / 360 else v - 2 / 360 for v in a["early"]]), "seed"),
+    (dict(early=lambda a: [100 * v for v in a["early"]]), "percentages"),
+    (dict(early=lambda a: [v + 1e-3 for v in a["early"]]), "360 test digits"),
+    (dict(verdict=lambda a: _other(a["verdict"])), "experiment.compare"),
+    (dict(seeds=lambda a: a["seeds"][:3], early=lambda a: a["early"][:3], full=lambda a: a["full"][:3]), "at least"),
+    (dict(full=lambda a: a["full"][:-1], verdict=lambda a: a["verdict"]), "values for 5 seeds"),
+])
+def test_07_early_stopping_wrong(change, words):
+    result = _verdict("07.early-stopping", _early(**change))
+    assert not result and words in result.message, result.message
+
+
+def test_07_early_stopping_wrong_kind():
+    for answer, words in [({"seeds": [0, 1]}, "lacks"), ([0.9, 0.9], "dict")]:
+        result = _verdict("07.early-stopping", answer)
+        assert not result and words in result.message

@@ -6,14 +6,17 @@ For every checker: a correct answer passes, plausible wrong answers fail (with a
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Mapping
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from checks import answer_tests
 
-from kdedu import check, losses
+from kdedu import check, experiment, losses
 
 
 def _verdict(exercise_id, answer):
@@ -62,6 +65,79 @@ def smoothed_wrong_classes_only(y, prior, eps):  # 1 - eps to the label, eps spr
     return (1 - eps) * onehot + eps * rest / rest.sum(dim=1, keepdim=True)
 
 
+# ------------------------------------------------------------------------------------------
+# 03.confident-teacher: an experiment. Its answer is trained once per test session, when first read (collecting the
+# tests trains nothing), as the chapter's solution trains it: the weak teacher (3 epochs), KD at T = 1 and T = 4.
+# ------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
+def _confident_runs() -> dict:
+    import kdedu
+    from kdedu.methods import KD
+
+    weak = kdedu.zoo.teacher("digits-cnn", num_epochs=3, verbose=False)
+    test = kdedu.data.digits("test")
+    with torch.no_grad():
+        p = torch.softmax(weak(test.x), dim=-1)
+    mass = (1 - p.max(dim=-1).values).mean().item()
+    train_loader = kdedu.data.make_loader(kdedu.data.digits("train", limit=200), batch_size=32, shuffle=True)
+    test_loader = kdedu.data.make_loader(test, batch_size=512)
+
+    def train_student(alpha, T, seed, teacher):  # the chapter's train_student (alpha > 0)
+        torch.manual_seed(seed)
+        student = kdedu.models.MLP(hidden=(256, 256))
+        kdedu.fit(KD(student, teacher, alpha=alpha, temperature=T), train_loader, num_epochs=30, lr=1e-3, seed=seed,
+                  progress=False)
+        return kdedu.evaluate(student, test_loader)["acc"]
+
+    seeds = list(range(5))
+    runs = {T: [train_student(0.5, T, s, teacher=weak) for s in seeds] for T in (1.0, 4.0)}
+    return {"mass": mass, "seeds": seeds, "T1": runs[1.0], "T4": runs[4.0],
+            "verdict": experiment.compare(runs[4.0], runs[1.0])["verdict"]}
+
+
+class ConfidentTeacher(Mapping):
+    """An answer to 03.confident-teacher, made from the correct one by ``change`` when it is first read."""
+
+    def __init__(self, what: str, change=lambda answer: answer):
+        self.what, self.change, self._answer = what, change, None
+
+    def _get(self) -> dict:
+        if self._answer is None:
+            self._answer = self.change(dict(_confident_runs()))
+        return self._answer
+
+    def __getitem__(self, key):
+        return self._get()[key]
+
+    def __iter__(self):
+        return iter(self._get())
+
+    def __len__(self):
+        return len(self._get())
+
+    def __repr__(self):
+        return f"<03.confident-teacher answer: {self.what}>"
+
+
+def _with(**changes):
+    """The correct answer with some entries changed; the verdict recomputed from the lists unless it is changed."""
+    def change(answer):
+        answer = {**answer, **{k: (v(answer) if callable(v) else v) for k, v in changes.items()}}
+        if "verdict" not in changes:
+            answer["verdict"] = experiment.compare(answer["T4"], answer["T1"])["verdict"]
+        return answer
+    return change
+
+
+def _other_verdict(answer):
+    return next(v for v in ("better", "worse", "no clear difference") if v != answer["verdict"])
+
+
+def _shift(values, digits):
+    """Every accuracy moved by a few test digits (the other way where that would leave [0, 1])."""
+    return [v + digits / 360 if 0 <= v + digits / 360 <= 1 else v - digits / 360 for v in values]
+
+
 H_SMOOTHED = -(0.91 * math.log(0.91) + 9 * 0.01 * math.log(0.01))  # the entropy of q' (eps = 0.1, C = 10)
 
 CORRECT = {
@@ -69,6 +145,12 @@ CORRECT = {
     "03.tie-entropy": [math.log(3), 1.0986, torch.tensor(math.log(3))],
     "03.grad-exponent": [-1, -1.0],
     "03.kd-limit": [kd_low_T, kd_low_T_numeric],
+    "03.confident-teacher": [
+        ConfidentTeacher("as the chapter's solution makes it"),
+        ConfidentTeacher("arrays and tuples", _with(seeds=lambda a: tuple(a["seeds"]), T1=lambda a: np.array(a["T1"]),
+                                                    T4=lambda a: torch.tensor(a["T4"], dtype=torch.float64),
+                                                    mass=lambda a: torch.tensor(a["mass"]))),
+    ],
     "04.smoothed-targets": [smoothed_towards, lambda y, prior, eps: torch.stack([(1 - eps) * F.one_hot(k, len(prior))
                                                                                   + eps * prior for k in y])],
     "04.ls-constant": [H_SMOOTHED, 0.5003],
@@ -95,6 +177,13 @@ WRONG = {
         lambda s, t: t.max(-1).values - t.gather(-1, s.argmax(-1, keepdim=True)).squeeze(-1),  # on the teacher
         lambda s, t: kd_low_T(s, t).mean(),  # one number instead of one per row
         lambda s, t: kd_low_T_numeric(s, t, T=1.0),  # not a limit
+    ],
+    "03.confident-teacher": [
+        ConfidentTeacher("the verdict of another comparison", _with(verdict=_other_verdict)),
+        ConfidentTeacher("T = 4's accuracies made up", _with(T4=lambda a: _shift(a["T4"], 2))),
+        ConfidentTeacher("the chapter's teacher's mass", _with(mass=0.0149)),
+        ConfidentTeacher("too few seeds", _with(seeds=[0, 1, 2], T1=lambda a: a["T1"][:3], T4=lambda a: a["T4"][:3])),
+        {"mass": 0.2, "seeds": [0, 1, 2, 3, 4]},  # keys missing
     ],
     "04.smoothed-targets": [
         smoothed_uniform,
@@ -137,6 +226,10 @@ def test_specific_messages():
     assert "infinity limit" in _verdict("03.kd-limit", centred_kd_limit).message
     assert "never negative" in _verdict("03.kd-limit", WRONG["03.kd-limit"][1]).message
     assert "teacher's logits" in _verdict("03.kd-limit", WRONG["03.kd-limit"][2]).message
+    for answer, words in zip(WRONG["03.confident-teacher"], ("experiment.compare", "train_student(0.5, 4",
+                                                             "chapter's teacher", "at least 5", "lacks"), strict=True):
+        assert words in _verdict("03.confident-teacher", answer).message, (answer, words)
+    assert "reproduces" in _verdict("03.confident-teacher", CORRECT["03.confident-teacher"][0]).message
     assert "uniform" in _verdict("04.smoothed-targets", smoothed_uniform).message
     assert "1 - eps" in _verdict("04.smoothed-targets", smoothed_wrong_classes_only).message
     assert "uniform teacher" in _verdict("04.ls-constant", 0.1 * math.log(10)).message

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -82,3 +83,157 @@ def _check_01_kd_loss(fn):
             raise Wrong(f"{what} has the right value but the wrong gradient with respect to z_s.")
     return ("value and gradient match for every alpha and T tried. The value differs from the KL form by "
             "alpha T^2 H(p_t), a constant: the gradients, and so the training, are the same.")
+
+
+# ------------------------------------------------------------------------------------------------
+# Experiment-level exercises. The reader trains over the chapter's live seeds and answers with a dict of per-seed
+# test accuracies (and a verdict); the checker validates the dict, recomputes the verdict from the reader's own
+# lists, and trains one seed again, picked by a hash of the answer (the same answer is always checked on the same
+# seed, and a made-up list cannot know which one). These helpers serve the experiment checks of chapters 01-03.
+# ------------------------------------------------------------------------------------------------
+N_TEST = 360
+"""The test digits every experiment-level exercise is scored on: an accuracy is a whole number of them / 360."""
+
+VERDICTS = ("better", "worse", "no clear difference")
+
+
+def answer_dict(answer, keys: tuple[str, ...]) -> None:
+    """Raise :class:`Wrong` unless ``answer`` is a mapping with every key of ``keys``."""
+    from collections.abc import Mapping
+
+    if not isinstance(answer, Mapping):
+        raise Wrong(f"the answer should be a dict with the keys {', '.join(keys)}, got {type(answer).__name__}.")
+    missing = [key for key in keys if key not in answer]
+    if missing:
+        raise Wrong(f"the answer lacks the key(s) {', '.join(missing)}.")
+
+
+def answer_number(name: str, value) -> float:
+    """``value`` as a float, or :class:`Wrong` naming ``name``."""
+    import numbers
+
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise Wrong(f"{name} should be a number, got {type(value).__name__}.")
+    return float(value)
+
+
+def answer_seeds(answer, min_seeds: int = 5) -> list[int]:
+    """``answer["seeds"]``: at least ``min_seeds`` distinct integers (the chapter's live seeds)."""
+    import numbers
+
+    seeds = answer["seeds"]
+    seeds = seeds.tolist() if hasattr(seeds, "tolist") else seeds
+    seeds = list(seeds) if hasattr(seeds, "__iter__") and not isinstance(seeds, (str, bytes)) else None
+    if not seeds or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in seeds):
+        raise Wrong('answer["seeds"] should be a list of integer seeds.')
+    seeds = [int(s) for s in seeds]
+    if len(set(seeds)) != len(seeds) or len(seeds) < min_seeds:
+        raise Wrong(f'answer["seeds"] = {seeds}: give the chapter\'s live seeds, at least {min_seeds} distinct ones.')
+    return seeds
+
+
+def answer_accuracies(name: str, values, n: int) -> list[float]:
+    """``values``: n test accuracies (fractions of the 360 test digits), one per seed; ``name`` says where."""
+    values = values.tolist() if hasattr(values, "tolist") else values
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
+        raise Wrong(f"{name} should be a list of per-seed accuracies, got {type(values).__name__}.")
+    out = [answer_number(f"an entry of {name}", v) for v in values]
+    if len(out) != n:
+        raise Wrong(f"{name} has {len(out)} values for {n} seeds: give one accuracy per seed, in the order of "
+                    'answer["seeds"].')
+    if any(v > 1 for v in out) and all(0 <= v <= 100 for v in out):
+        raise Wrong(f"{name} looks like percentages; give accuracies as fractions, as evaluate returns them.")
+    if any(not 0 <= v <= 1 or abs(v * N_TEST - round(v * N_TEST)) > 1e-4 for v in out):
+        raise Wrong(f"{name} holds values that are not accuracies on the {N_TEST} test digits (a whole number of "
+                    f"digits right, divided by {N_TEST}).")
+    return out
+
+
+def answer_verdict(answer, a: list[float], b: list[float], what: str) -> dict:
+    """Check ``answer["verdict"]`` against ``compare(a, b)`` (``what`` names a, then b) and return the comparison."""
+    from kdedu.stats import compare
+
+    verdict = answer["verdict"]
+    if not isinstance(verdict, str) or verdict not in VERDICTS:
+        raise Wrong(f'answer["verdict"] should be one of {VERDICTS}, got {verdict!r}.')
+    c = compare(a, b)
+    if verdict != c["verdict"]:
+        raise Wrong(f'answer["verdict"] = {verdict!r} is not what experiment.compare says of your two lists, {what}.')
+    return c
+
+
+def picked(answer_parts, n: int) -> int:
+    """An index in range(n) fixed by the answer itself (a hash of ``answer_parts``, a JSON-able object)."""
+    import hashlib
+    import json
+
+    return int(hashlib.sha256(json.dumps(answer_parts).encode()).hexdigest(), 16) % n
+
+
+def retrain_tolerance() -> float:
+    """How far a re-trained accuracy may be from the reader's: one test digit of float noise on a CPU, three on
+    a GPU (whose kernels need not be deterministic)."""
+    from kdedu.train import default_device
+
+    return (1 if default_device().type == "cpu" else 3) / N_TEST + 1e-9
+
+
+# ------------------------------------------------------------------------------------------------
+# 01.more-labels: the chapter's seed comparison on all 1,078 labels
+# ------------------------------------------------------------------------------------------------
+MORE_LABELS = {"batch_size": 64, "num_epochs": 30, "lr": 3e-3, "hidden": (64,), "alpha": 0.5, "temperature": 4.0,
+               "min_seeds": 5}
+"""The exercise's setting: the chapter's student, lr, alpha and T, on all the training labels for 30 epochs."""
+
+
+@functools.lru_cache(maxsize=64)  # a resubmitted answer is checked again in no time
+def more_labels_accuracy(method: str, seed: int) -> float:
+    """Test accuracy of the chapter's MLP-64 trained on all 1,078 labels, ``"supervised"`` or ``"kd"``.
+
+    The steps of the chapter's seed loop: ``torch.manual_seed(seed)`` then ``MLP(64, (64,), 10)`` (its
+    ``make_student``), ``Supervised`` or ``KD(alpha=0.5, temperature=4)`` from the zoo's ``digits-cnn`` teacher,
+    ``fit(..., num_epochs=30, lr=3e-3, seed=seed)`` on ``digits_loaders(batch_size=64, limit=None)``, scored on the
+    360 test digits.
+    """
+    from kdedu import data, zoo
+    from kdedu.methods import KD, Supervised
+    from kdedu.models import MLP
+    from kdedu.train import evaluate, fit
+
+    s = MORE_LABELS
+    teacher = zoo.teacher("digits-cnn", verbose=False) if method == "kd" else None  # loaded before seeding
+    loaders = data.digits_loaders(batch_size=s["batch_size"], limit=None)
+    torch.manual_seed(seed)
+    student = MLP(in_features=64, hidden=s["hidden"], num_classes=10)
+    distiller = KD(student, teacher, alpha=s["alpha"], temperature=s["temperature"]) if method == "kd" \
+        else Supervised(student)
+    fit(distiller, loaders["train"], num_epochs=s["num_epochs"], lr=s["lr"], seed=seed, progress=False)
+    return float(evaluate(student, loaders["test"])["acc"])
+
+
+@register("01.more-labels", hint="reuse the chapter's seed loop and change only what the exercise changes (the "
+                                 "loader and the number of epochs); keep every list in the order of the seeds.")
+def _check_01_more_labels(answer):
+    answer_dict(answer, ("seeds", "supervised", "kd", "verdict"))
+    seeds = answer_seeds(answer, MORE_LABELS["min_seeds"])
+    n = len(seeds)
+    supervised = answer_accuracies('answer["supervised"]', answer["supervised"], n)
+    kd = answer_accuracies('answer["kd"]', answer["kd"], n)
+    if supervised == kd:
+        raise Wrong('answer["supervised"] and answer["kd"] are the same, seed by seed: they are two different '
+                    "training runs.")
+    c = answer_verdict(answer, kd, supervised, "KD first")
+    i = picked([seeds, supervised, kd], n)
+    for name, values in (("supervised", supervised), ("kd", kd)):
+        again = more_labels_accuracy(name, seeds[i])
+        if abs(again - values[i]) > retrain_tolerance():
+            raise Wrong(f'seed {seeds[i]}: your answer["{name}"] says {100 * values[i]:.2f} %, but training the '
+                        f"chapter's MLP-64 ({'KD, alpha = 0.5, T = 4' if name == 'kd' else 'Supervised'}) on all "
+                        f"1,078 labels for 30 epochs gives {100 * again:.2f} %. Check the loader (all the labels, "
+                        "batches of 64), the number of epochs, the method and the order of the values.")
+    return (f"your seed {seeds[i]} reproduces, both ways. On all 1,078 labels, KD − Supervised = "
+            f"{100 * c['mean']:+.2f} ± {100 * c['se']:.2f} points (mean ± s.e.) over {n} seeds: {c['verdict']} "
+            f"(exploratory; minimum detectable effect {100 * c['mde']:.2f} points). Set it beside the gain on 100 "
+            "labels.")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 
 from kdedu.check import Wrong, close, function, register, same_tensor
+from kdedu.check.ch01 import answer_accuracies, answer_dict, answer_number, answer_seeds, picked, retrain_tolerance
 
 
 def _ch02_similarity(probs: torch.Tensor, labels: torch.Tensor, c: int) -> torch.Tensor:
@@ -103,3 +105,103 @@ def _check_02_hard_plus_logits(cls):
             raise Wrong(f"at alpha={alpha} the value is right but the gradient is not (is a term detached?).")
     return ("the loss terms sum to (1 - alpha) CE + alpha MSE(logits), with the right gradients, "
             "and the teacher is frozen.")
+
+
+# ------------------------------------------------------------------------------------------------
+# 02.less-data: hard labels against soft targets (T = 4, no labels) on transfer sets of 30, 100 and 300 images
+# ------------------------------------------------------------------------------------------------
+LESS_DATA = {"sizes": (30, 100, 300), "max_batch_size": 50, "steps": 200, "lr": 3e-3, "hidden": (64,),
+             "temperature": 4.0, "min_seeds": 5, "methods": ("hard labels", "soft targets, T = 4")}
+"""The exercise's setting: the chapter's MLP-64, lr and make_method, about 200 gradient steps for every size."""
+
+
+@functools.lru_cache(maxsize=64)  # a resubmitted answer is checked again in no time
+def less_data_accuracy(method: str, n: int, seed: int) -> float:
+    """Test accuracy of the chapter's MLP-64 trained on the first ``n`` training digits with ``method``.
+
+    ``digits_loaders(batch_size=min(50, n), limit=n)``, ``200 // len(loaders["train"])`` epochs,
+    ``torch.manual_seed(seed)`` then ``MLP(64, (64,), 10)``, ``Supervised`` (``"hard labels"``) or
+    ``KD(alpha=1, temperature=4)`` from the zoo's ``digits-cnn`` teacher (``"soft targets, T = 4"``), ``lr = 3e-3``,
+    scored on the 360 test digits.
+    """
+    from kdedu import data, zoo
+    from kdedu.methods import KD, Supervised
+    from kdedu.models import MLP
+    from kdedu.train import evaluate, fit
+
+    s = LESS_DATA
+    soft = method == s["methods"][1]
+    teacher = zoo.teacher("digits-cnn", verbose=False) if soft else None  # loaded before seeding
+    loaders = data.digits_loaders(batch_size=min(s["max_batch_size"], n), limit=n)
+    torch.manual_seed(seed)
+    student = MLP(in_features=64, hidden=s["hidden"], num_classes=10)
+    distiller = KD(student, teacher, alpha=1.0, temperature=s["temperature"]) if soft else Supervised(student)
+    fit(distiller, loaders["train"], num_epochs=s["steps"] // len(loaders["train"]), lr=s["lr"], seed=seed,
+        progress=False)
+    return float(evaluate(student, loaders["test"])["acc"])
+
+
+def _ch02_by_size(name: str, value, n_seeds: int) -> dict[int, list[float]]:
+    """``answer[name]``: a dict {n: per-seed accuracies} for the exercise's three sizes."""
+    import numbers
+    from collections.abc import Mapping
+
+
+    sizes = LESS_DATA["sizes"]
+    if not isinstance(value, Mapping):
+        raise Wrong(f'answer["{name}"] should be a dict {{n: per-seed accuracies}} for n = 30, 100 and 300, got '
+                    f"{type(value).__name__}.")
+    by_size = {}
+    for key, accs in value.items():
+        if isinstance(key, str) and key.strip().isdigit():
+            key = int(key)
+        if isinstance(key, bool) or not isinstance(key, numbers.Integral):
+            raise Wrong(f'answer["{name}"] has the key {key!r}; its keys are the transfer set sizes 30, 100 and 300.')
+        by_size[int(key)] = accs
+    if sorted(by_size) != list(sizes):
+        raise Wrong(f'answer["{name}"] has the sizes {sorted(by_size)}; the exercise asks for {list(sizes)}.')
+    return {n: answer_accuracies(f'answer["{name}"][{n}]', by_size[n], n_seeds) for n in sizes}
+
+
+@register("02.less-data", hint="each size needs its own loaders and its own number of epochs, so that every size "
+                               "gets about the same number of gradient steps; the rest is the chapter's comparison, "
+                               "with every list in the order of the seeds.")
+def _check_02_less_data(answer):
+    import numpy as np
+
+    from kdedu.stats import compare
+
+    s = LESS_DATA
+    hard_name, soft_name = s["methods"]
+    answer_dict(answer, ("seeds", hard_name, soft_name, "largest gain at"))
+    seeds = answer_seeds(answer, s["min_seeds"])
+    n_seeds = len(seeds)
+    hard = _ch02_by_size(hard_name, answer[hard_name], n_seeds)
+    soft = _ch02_by_size(soft_name, answer[soft_name], n_seeds)
+    if hard == soft:
+        raise Wrong(f'answer["{hard_name}"] and answer["{soft_name}"] are the same, seed by seed: they are two '
+                    "different training runs.")
+    gains = {n: float(np.mean(np.subtract(soft[n], hard[n]))) for n in s["sizes"]}
+    at = answer_number('answer["largest gain at"]', answer["largest gain at"])
+    if at not in s["sizes"]:
+        raise Wrong(f'answer["largest gain at"] = {at:g} is not one of the sizes {list(s["sizes"])}.')
+    if gains[int(at)] < max(gains.values()) - 1e-9:
+        raise Wrong(f'answer["largest gain at"] = {at:g} is not the size at which your lists give the largest mean '
+                    "gain of the soft targets over the hard labels.")
+    i = picked([seeds, [hard[n] for n in s["sizes"]], [soft[n] for n in s["sizes"]]], len(s["sizes"]) * n_seeds)
+    n, seed = s["sizes"][i // n_seeds], seeds[i % n_seeds]
+    for name, values in ((hard_name, hard), (soft_name, soft)):
+        again = less_data_accuracy(name, n, seed)
+        got = values[n][seeds.index(seed)]
+        if abs(again - got) > retrain_tolerance():
+            raise Wrong(f'n = {n}, seed {seed}: your answer["{name}"] says {100 * got:.2f} %, but training the '
+                        f"chapter's MLP-64 on {n} images ({name}) for {s['steps']} // (batches per epoch) epochs "
+                        f"gives {100 * again:.2f} %. Check the loaders of that size, the number of epochs, the method "
+                        "and the order of the values.")
+    lines = []
+    for size in s["sizes"]:
+        c = compare(soft[size], hard[size])
+        lines.append(f"n = {size}: {100 * c['mean']:+.2f} ± {100 * c['se']:.2f}")
+    return (f"your n = {n}, seed {seed} reproduces, both ways. Soft targets − hard labels, mean ± s.e. over "
+            f"{n_seeds} seeds, in points: {'; '.join(lines)} (described, not tested). The largest mean gain is at "
+            f"n = {int(at)}: compare its lead with the standard errors before you rank the sizes.")

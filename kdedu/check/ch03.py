@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 
 from kdedu.check import Wrong, close, function, register, same_tensor
+from kdedu.check.ch01 import (
+    answer_accuracies,
+    answer_dict,
+    answer_number,
+    answer_seeds,
+    answer_verdict,
+    picked,
+    retrain_tolerance,
+)
 
 
 def _ch03_logits(seed: int, shape: tuple, scale: float = 3.0) -> torch.Tensor:
@@ -112,3 +122,88 @@ def _check_03_kd_limit(fn):
     same_tensor("your kd_low_T(z_s, z_t)", got, expected, atol=1e-3, rtol=1e-3)
     return ("matches T KL(p_t(T) || p_s(T)) at T = 10^-4, row by row: the amount by which the student's top logit "
             "beats its logit for the teacher's class, 0 when they agree. Nothing else of the teacher is left.")
+
+
+# ------------------------------------------------------------------------------------------------
+# 03.confident-teacher: KD at T = 1 against T = 4 from a teacher trained for 3 epochs instead of 30
+# ------------------------------------------------------------------------------------------------
+CONFIDENT = {"teacher_epochs": 3, "n_train": 200, "batch_size": 32, "num_epochs": 30, "lr": 1e-3,
+             "hidden": (256, 256), "alpha": 0.5, "min_seeds": 5}
+"""The exercise's setting: the chapter's train_student (200 digits, MLP 256-256, 30 epochs), with the weak teacher."""
+
+
+def _weak_teacher():
+    from kdedu import zoo
+
+    return zoo.teacher("digits-cnn", num_epochs=CONFIDENT["teacher_epochs"], verbose=False)  # trained once, cached
+
+
+def weak_teacher_mass(T: float = 1.0) -> float:
+    """The weak teacher's mean probability mass on the 9 non-argmax classes at temperature T, over the test digits."""
+    from kdedu import data
+
+    teacher = _weak_teacher()
+    with torch.no_grad():
+        p = torch.softmax(teacher(data.digits("test").x) / T, dim=-1)  # (360, 10)
+    return float((1 - p.max(dim=-1).values).mean())
+
+
+@functools.lru_cache(maxsize=64)  # a resubmitted answer is checked again in no time
+def confident_teacher_accuracy(T: float, seed: int) -> float:
+    """Test accuracy of the chapter's ``train_student(0.5, T, seed, teacher=weak)``.
+
+    ``torch.manual_seed(seed)`` then ``MLP(hidden=(256, 256))``, ``KD(alpha=0.5, temperature=T)`` from the zoo's
+    ``digits-cnn`` trained for 3 epochs, ``fit(..., num_epochs=30, lr=1e-3, seed=seed)`` on the first 200 training
+    digits in shuffled batches of 32, scored on the 360 test digits.
+    """
+    from kdedu import data
+    from kdedu.methods import KD
+    from kdedu.models import MLP
+    from kdedu.train import evaluate, fit
+
+    s = CONFIDENT
+    teacher = _weak_teacher()  # loaded before seeding
+    loader = data.make_loader(data.digits("train", limit=s["n_train"]), batch_size=s["batch_size"], shuffle=True)
+    torch.manual_seed(seed)
+    student = MLP(hidden=s["hidden"])
+    fit(KD(student, teacher, alpha=s["alpha"], temperature=T), loader, num_epochs=s["num_epochs"], lr=s["lr"],
+        seed=seed, progress=False)
+    return float(evaluate(student, data.make_loader(data.digits("test"), batch_size=512))["acc"])
+
+
+@register("03.confident-teacher",
+          hint="the weak teacher replaces the chapter's teacher everywhere: in the mass you measure and in every "
+               "student you train; the rest is the chapter's own setting, with every list in the order of the seeds.")
+def _check_03_confident_teacher(answer):
+
+    answer_dict(answer, ("mass", "seeds", "T1", "T4", "verdict"))
+    mass = answer_number('answer["mass"]', answer["mass"])
+    expected = weak_teacher_mass(1.0)
+    if not math.isclose(mass, expected, rel_tol=1e-3, abs_tol=1e-4):
+        if math.isclose(mass, 100 * expected, rel_tol=1e-3):
+            raise Wrong('answer["mass"] looks like a percentage; give it as a fraction of the probability.')
+        if math.isclose(mass, weak_teacher_mass(4.0), rel_tol=1e-3, abs_tol=1e-4):
+            raise Wrong('answer["mass"] is the weak teacher\'s mass at T = 4; the exercise asks for T = 1.')
+        if mass < 0.5 * expected:
+            raise Wrong(f'answer["mass"] = {mass:.4f} is well below the weak teacher\'s mass at T = 1: did you measure '
+                        "the chapter's teacher (trained for 30 epochs) instead?")
+        raise Wrong(f'answer["mass"] = {mass:.4f} is not the weak teacher\'s mean mass on the 9 non-argmax classes '
+                    "at T = 1 over the 360 test digits.")
+    seeds = answer_seeds(answer, CONFIDENT["min_seeds"])
+    n = len(seeds)
+    t1 = answer_accuracies('answer["T1"]', answer["T1"], n)
+    t4 = answer_accuracies('answer["T4"]', answer["T4"], n)
+    if t1 == t4:
+        raise Wrong('answer["T1"] and answer["T4"] are the same, seed by seed: they are two different training runs.')
+    c = answer_verdict(answer, t4, t1, "T = 4 first")
+    i = picked([seeds, t1, t4], n)
+    for T, values, key in ((1.0, t1, "T1"), (4.0, t4, "T4")):
+        again = confident_teacher_accuracy(T, seeds[i])
+        if abs(again - values[i]) > retrain_tolerance():
+            raise Wrong(f'seed {seeds[i]}: your answer["{key}"] says {100 * values[i]:.2f} %, but the chapter\'s '
+                        f"train_student(0.5, {T:g}, {seeds[i]}, teacher=weak) gives {100 * again:.2f} %. Check the "
+                        "teacher (trained for 3 epochs), the temperature, the setting and the order of the values.")
+    return (f"your seed {seeds[i]} reproduces at both temperatures. The weak teacher puts {expected:.3f} of its "
+            f"probability on the wrong classes at T = 1. With it, KD at T = 4 − KD at T = 1 = "
+            f"{100 * c['mean']:+.2f} ± {100 * c['se']:.2f} points (mean ± s.e.) over {n} seeds: {c['verdict']} "
+            f"(exploratory; minimum detectable effect {100 * c['mde']:.2f} points). Set it beside key comparison 2.")

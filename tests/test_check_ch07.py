@@ -187,7 +187,7 @@ def _other(verdict):
     (dict(early=lambda a: a["full"], full=lambda a: a["early"]), "seed"),     # the two lists swapped
     (dict(early=lambda a: [v + 2 / 360 if v <= 1 - 2 / 360 else v - 2 / 360 for v in a["early"]]), "seed"),
     (dict(early=lambda a: [100 * v for v in a["early"]]), "percentages"),
-    (dict(early=lambda a: [v + 1e-3 for v in a["early"]]), "360 test digits"),
+    (dict(early=lambda a: [v + 1e-3 for v in a["early"]]), "360 test examples"),
     (dict(verdict=lambda a: _other(a["verdict"])), "experiment.compare"),
     (dict(seeds=lambda a: a["seeds"][:3], early=lambda a: a["early"][:3], full=lambda a: a["full"][:3]), "at least"),
     (dict(full=lambda a: a["full"][:-1], verdict=lambda a: a["verdict"]), "values for 5 seeds"),

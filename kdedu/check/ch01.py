@@ -7,7 +7,17 @@ import math
 
 import torch
 
-from kdedu.check import Wrong, function, register
+from kdedu.check import (
+    Wrong,
+    answer_accuracies,
+    answer_dict,
+    answer_seeds,
+    answer_verdict,
+    function,
+    picked,
+    register,
+    retrain_tolerance,
+)
 
 
 @register("01.mlp-params", hint="count one layer at a time: it has a weight matrix and a bias vector. Check your "
@@ -83,101 +93,6 @@ def _check_01_kd_loss(fn):
             raise Wrong(f"{what} has the right value but the wrong gradient with respect to z_s.")
     return ("value and gradient match for every alpha and T tried. The value differs from the KL form by "
             "alpha T^2 H(p_t), a constant: the gradients, and so the training, are the same.")
-
-
-# ------------------------------------------------------------------------------------------------
-# Experiment-level exercises. The reader trains over the chapter's live seeds and answers with a dict of per-seed
-# test accuracies (and a verdict); the checker validates the dict, recomputes the verdict from the reader's own
-# lists, and trains one seed again, picked by a hash of the answer (the same answer is always checked on the same
-# seed, and a made-up list cannot know which one). These helpers serve the experiment checks of chapters 01-03.
-# ------------------------------------------------------------------------------------------------
-N_TEST = 360
-"""The test digits every experiment-level exercise is scored on: an accuracy is a whole number of them / 360."""
-
-VERDICTS = ("better", "worse", "no clear difference")
-
-
-def answer_dict(answer, keys: tuple[str, ...]) -> None:
-    """Raise :class:`Wrong` unless ``answer`` is a mapping with every key of ``keys``."""
-    from collections.abc import Mapping
-
-    if not isinstance(answer, Mapping):
-        raise Wrong(f"the answer should be a dict with the keys {', '.join(keys)}, got {type(answer).__name__}.")
-    missing = [key for key in keys if key not in answer]
-    if missing:
-        raise Wrong(f"the answer lacks the key(s) {', '.join(missing)}.")
-
-
-def answer_number(name: str, value) -> float:
-    """``value`` as a float, or :class:`Wrong` naming ``name``."""
-    import numbers
-
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise Wrong(f"{name} should be a number, got {type(value).__name__}.")
-    return float(value)
-
-
-def answer_seeds(answer, min_seeds: int = 5) -> list[int]:
-    """``answer["seeds"]``: at least ``min_seeds`` distinct integers (the chapter's live seeds)."""
-    import numbers
-
-    seeds = answer["seeds"]
-    seeds = seeds.tolist() if hasattr(seeds, "tolist") else seeds
-    seeds = list(seeds) if hasattr(seeds, "__iter__") and not isinstance(seeds, (str, bytes)) else None
-    if not seeds or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in seeds):
-        raise Wrong('answer["seeds"] should be a list of integer seeds.')
-    seeds = [int(s) for s in seeds]
-    if len(set(seeds)) != len(seeds) or len(seeds) < min_seeds:
-        raise Wrong(f'answer["seeds"] = {seeds}: give the chapter\'s live seeds, at least {min_seeds} distinct ones.')
-    return seeds
-
-
-def answer_accuracies(name: str, values, n: int) -> list[float]:
-    """``values``: n test accuracies (fractions of the 360 test digits), one per seed; ``name`` says where."""
-    values = values.tolist() if hasattr(values, "tolist") else values
-    if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
-        raise Wrong(f"{name} should be a list of per-seed accuracies, got {type(values).__name__}.")
-    out = [answer_number(f"an entry of {name}", v) for v in values]
-    if len(out) != n:
-        raise Wrong(f"{name} has {len(out)} values for {n} seeds: give one accuracy per seed, in the order of "
-                    'answer["seeds"].')
-    if any(v > 1 for v in out) and all(0 <= v <= 100 for v in out):
-        raise Wrong(f"{name} looks like percentages; give accuracies as fractions, as evaluate returns them.")
-    if any(not 0 <= v <= 1 or abs(v * N_TEST - round(v * N_TEST)) > 1e-4 for v in out):
-        raise Wrong(f"{name} holds values that are not accuracies on the {N_TEST} test digits (a whole number of "
-                    f"digits right, divided by {N_TEST}).")
-    return out
-
-
-def answer_verdict(answer, a: list[float], b: list[float], what: str) -> dict:
-    """Check ``answer["verdict"]`` against ``compare(a, b)`` (``what`` names a, then b) and return the comparison."""
-    from kdedu.stats import compare
-
-    verdict = answer["verdict"]
-    if not isinstance(verdict, str) or verdict not in VERDICTS:
-        raise Wrong(f'answer["verdict"] should be one of {VERDICTS}, got {verdict!r}.')
-    c = compare(a, b)
-    if verdict != c["verdict"]:
-        raise Wrong(f'answer["verdict"] = {verdict!r} is not what experiment.compare says of your two lists, {what}.')
-    return c
-
-
-def picked(answer_parts, n: int) -> int:
-    """An index in range(n) fixed by the answer itself (a hash of ``answer_parts``, a JSON-able object)."""
-    import hashlib
-    import json
-
-    return int(hashlib.sha256(json.dumps(answer_parts).encode()).hexdigest(), 16) % n
-
-
-def retrain_tolerance() -> float:
-    """How far a re-trained accuracy may be from the reader's: one test digit of float noise on a CPU, three on
-    a GPU (whose kernels need not be deterministic)."""
-    from kdedu.train import default_device
-
-    return (1 if default_device().type == "cpu" else 3) / N_TEST + 1e-9
 
 
 # ------------------------------------------------------------------------------------------------

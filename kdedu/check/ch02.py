@@ -7,8 +7,19 @@ import math
 
 import torch
 
-from kdedu.check import Wrong, close, function, register, same_tensor
-from kdedu.check.ch01 import answer_accuracies, answer_dict, answer_number, answer_seeds, picked, retrain_tolerance
+from kdedu.check import (
+    Wrong,
+    answer_accuracies,
+    answer_dict,
+    answer_number,
+    answer_seeds,
+    close,
+    function,
+    picked,
+    register,
+    retrain_tolerance,
+    same_tensor,
+)
 
 
 def _ch02_similarity(probs: torch.Tensor, labels: torch.Tensor, c: int) -> torch.Tensor:

@@ -7,15 +7,19 @@ import math
 
 import torch
 
-from kdedu.check import Wrong, close, function, register, same_tensor
-from kdedu.check.ch01 import (
+from kdedu.check import (
+    Wrong,
     answer_accuracies,
     answer_dict,
     answer_number,
     answer_seeds,
     answer_verdict,
+    close,
+    function,
     picked,
+    register,
     retrain_tolerance,
+    same_tensor,
 )
 
 

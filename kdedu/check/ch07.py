@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import math
-import numbers
-from collections.abc import Mapping
 
 import torch
 
-from kdedu.check import Wrong, close, function, register
+from kdedu.check import (
+    Wrong,
+    answer_accuracies,
+    answer_dict,
+    answer_seeds,
+    answer_verdict,
+    close,
+    function,
+    picked,
+    register,
+    retrain_tolerance,
+)
 
 
 def _ch07_chain_targets(p_t: float, p_s: float, m: int) -> list[float]:
@@ -143,7 +150,7 @@ def _check_07_chain_epochs(fn):
 # chapter's setting, and recomputes the comparison.
 # ------------------------------------------------------------------------------------------------
 EARLY_SETTING = {"width": 4096, "early_epochs": 3, "student_width": 16, "num_train": 200, "num_epochs": 150,
-                 "lr": 1e-2, "alpha": 0.5, "T": 4.0, "n_test": 360, "min_seeds": 5}
+                 "lr": 1e-2, "alpha": 0.5, "T": 4.0, "min_seeds": 5}
 """The chapter's setting: its ``train_student`` with a ``digits-mlp`` teacher of width 4096."""
 
 
@@ -168,82 +175,30 @@ def early_stopping_accuracy(teacher_epochs: int | None, seed: int) -> float:
     return float(evaluate(student, data.make_loader(data.digits("test"), batch_size=512))["acc"])
 
 
-def _ch07_number(name: str, value) -> float:
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        value = value.item()
-    if hasattr(value, "item") and getattr(value, "size", None) == 1:  # a numpy scalar
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise Wrong(f"{name} should be a finite number, got {value!r}.")
-    return float(value)
-
-
-def _ch07_accuracies(name: str, values, n: int) -> list[float]:
-    if hasattr(values, "tolist"):  # a tensor or an array
-        values = values.tolist()
-    if isinstance(values, (str, bytes, Mapping)) or not hasattr(values, "__len__"):
-        raise Wrong(f'answer["{name}"] should be a list of per-seed accuracies, got {type(values).__name__}.')
-    out = [_ch07_number(f'an entry of answer["{name}"]', v) for v in values]
-    if len(out) != n:
-        raise Wrong(f'answer["{name}"] has {len(out)} values for {n} seeds: give one accuracy per seed, in the '
-                    'order of answer["seeds"].')
-    if any(v > 1 for v in out) and all(0 <= v <= 100 for v in out):
-        raise Wrong(f'answer["{name}"] looks like percentages; give accuracies as fractions, as experiment.run '
-                    "returns them.")
-    counts = [v * EARLY_SETTING["n_test"] for v in out]
-    if any(not 0 <= v <= 1 for v in out) or any(abs(c - round(c)) > 1e-4 for c in counts):
-        raise Wrong(f'answer["{name}"] holds values that are not accuracies on the 360 test digits (a whole '
-                    "number of digits right, divided by 360).")
-    return out
-
-
 @register("07.early-stopping",
           hint="the early-stopped teacher is one more zoo teacher (the recipe's num_epochs overridden); distil it "
                "with the chapter's own kd_run and experiment.run over the live seeds, and keep every list in the "
                "order of the seeds.")
 def _check_07_early_stopping(answer):
-    from kdedu.stats import compare
-    from kdedu.train import default_device
-
     s = EARLY_SETTING
-    if not isinstance(answer, Mapping):
-        raise Wrong(f"the answer should be a dict with the keys seeds, early, full and verdict, got "
-                    f"{type(answer).__name__}.")
-    missing = [key for key in ("seeds", "early", "full", "verdict") if key not in answer]
-    if missing:
-        raise Wrong(f"the answer lacks the key(s) {', '.join(missing)}.")
-    seeds = answer["seeds"]
-    seeds = list(seeds.tolist() if hasattr(seeds, "tolist") else seeds) if hasattr(seeds, "__iter__") else None
-    if not seeds or not all(isinstance(x, numbers.Integral) and not isinstance(x, bool) for x in seeds):
-        raise Wrong('answer["seeds"] should be a list of integer seeds.')
-    seeds = [int(x) for x in seeds]
-    if len(set(seeds)) != len(seeds) or len(seeds) < s["min_seeds"]:
-        raise Wrong(f'answer["seeds"] = {seeds}: give at least {s["min_seeds"]} distinct seeds, such as the '
-                    "chapter's live seeds.")
+    answer_dict(answer, ("seeds", "early", "full", "verdict"))
+    seeds = answer_seeds(answer, s["min_seeds"])
     n = len(seeds)
-    early = _ch07_accuracies("early", answer["early"], n)
-    full = _ch07_accuracies("full", answer["full"], n)
-    verdicts = ("better", "worse", "no clear difference")
-    if answer["verdict"] not in verdicts:
-        raise Wrong(f'answer["verdict"] should be one of {verdicts}, got {answer["verdict"]!r}.')
-    if answer["verdict"] != compare(early, full)["verdict"]:
-        raise Wrong(f'answer["verdict"] = {answer["verdict"]!r} is not what experiment.compare says of your two '
-                    "lists, the early-stopped teacher's students first.")
-    # two seeds, picked from the submission itself: the same answer is always checked on the same seeds
-    h = int(hashlib.sha256(json.dumps([seeds, early, full]).encode()).hexdigest(), 16)
-    i, j = h % n, (h % n + 1 + (h // n) % (n - 1)) % n
-    allowed = (1 if default_device().type == "cpu" else 3) / s["n_test"] + 1e-9  # a digit of float noise
+    early = answer_accuracies('answer["early"]', answer["early"], n)
+    full = answer_accuracies('answer["full"]', answer["full"], n)
+    c = answer_verdict(answer, early, full, "the early-stopped teacher's students first")
+    # two seeds, fixed by the answer itself: the same answer is always checked on the same seeds
+    i = picked([seeds, early, full], n)
+    j = (i + 1 + picked([full, early], n - 1)) % n
     for k in (i, j):
         for name, lst, epochs, what in (("full", full, None, "the fully trained width-4096 teacher (40 epochs)"),
                                         ("early", early, s["early_epochs"],
                                          f"the width-4096 teacher stopped after {s['early_epochs']} epochs")):
             again = early_stopping_accuracy(epochs, seeds[k])
-            if abs(again - lst[k]) > allowed:
+            if abs(again - lst[k]) > retrain_tolerance():
                 raise Wrong(f'seed {seeds[k]}: your answer["{name}"] says {100 * lst[k]:.2f} %, but distilling '
                             f"{what} into the chapter's student (200 digits, 150 epochs, alpha = 0.5, T = 4) gives "
                             f"{100 * again:.2f} %. Check the teacher, the setting and the order of the values.")
-    c = compare(early, full)
     return (f"your seeds {seeds[i]} and {seeds[j]} reproduce, from both teachers. Early-stopped − fully trained "
-            "teacher = "
-            f"{100 * c['mean']:+.2f} ± {100 * c['se']:.2f} points over {n} seeds: {c['verdict']} (exploratory, "
-            f"one test on its own; minimum detectable effect {100 * c['mde']:.2f} points).")
+            f"teacher = {100 * c['mean']:+.2f} ± {100 * c['se']:.2f} points over {n} seeds: {c['verdict']} "
+            f"(exploratory, one test on its own; minimum detectable effect {100 * c['mde']:.2f} points).")

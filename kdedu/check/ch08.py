@@ -3,23 +3,24 @@
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import math
-import numbers
-from collections.abc import Mapping
 
 import torch
 
-from kdedu.check import Wrong, close, function, register, same_tensor
-
-
-def _ch08_number(name: str, value) -> float:
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise Wrong(f"{name} should be a number, got {type(value).__name__}.")
-    return float(value)
+from kdedu.check import (
+    Wrong,
+    answer_accuracies,
+    answer_dict,
+    answer_number,
+    answer_seeds,
+    answer_verdict,
+    close,
+    function,
+    picked,
+    register,
+    retrain_tolerance,
+    same_tensor,
+)
 
 
 @register("08.phi", hint="Phi is a straight line in T through the two points that the exercise gives; with "
@@ -31,7 +32,7 @@ def _check_08_phi(fn):
             phi_start = 1 / T_start  # the factor that gives the teacher at softmax temperature T_start
             for T in range(1, tau_max + 1):
                 expected = 1 + (phi_start - 1) * (T - 1) / (tau_max - 1)  # through (1, 1) and (tau_max, 1/T_start)
-                got = _ch08_number(f"your my_phi({T}, {tau_max}, {T_start:g})", fn(T, tau_max, T_start))
+                got = answer_number(f"your my_phi({T}, {tau_max}, {T_start:g})", fn(T, tau_max, T_start))
                 if math.isclose(got, expected, rel_tol=1e-6, abs_tol=1e-9):  # float32 is fine
                     continue
                 if T_start != tau_max and math.isclose(got, 1 - (T - 1) / tau_max, abs_tol=1e-6):
@@ -121,7 +122,7 @@ def _check_08_effective_T(answer):
     temps = [T for T in range(tau_max, 0, -1) for _ in range(k)]  # the schedule, epoch by epoch
     expected = sum(1 / (1 - (T - 1) / tau_max) >= target for T in temps)  # softmax temperature 1 / Phi >= 2
     steps = expected // k
-    got = _ch08_number("your number of epochs", answer)
+    got = answer_number("your number of epochs", answer)
     if math.isclose(got, steps):
         raise Wrong(f"{got:g} counts the steps of the schedule; each step lasts k = {k} epochs.")
     if math.isclose(got, 5.0):
@@ -137,7 +138,7 @@ def _check_08_effective_T(answer):
 # 08.ablation: an experiment. The reader trains the ablation over the chapter's live seeds; the checker trains
 # one of the submitted seeds again, both ways, at the chapter's live setting, and recomputes the verdict.
 # ------------------------------------------------------------------------------------------------
-ABLATION_SETTING = {"n_train": 300, "batch_size": 32, "num_epochs": 20, "n_test": 360, "min_seeds": 5,
+ABLATION_SETTING = {"n_train": 300, "batch_size": 32, "num_epochs": 20, "min_seeds": 5,
                     "annealing": {"tau_max": 10, "k": 1}, "no_annealing": {"tau_max": 1, "k": 10}}
 """The chapter's live setting (its ``train_student`` in the ``fast`` and ``full`` profiles)."""
 
@@ -165,79 +166,32 @@ def ablation_accuracy(tau_max: int, k: int, lr: float, seed: int) -> float:
     return float(evaluate(student, data.make_loader(data.digits("test"), batch_size=512))["acc"])
 
 
-def _ch08_numbers(name: str, values, n: int) -> list[float]:
-    if isinstance(values, torch.Tensor):
-        values = values.tolist()
-    elif hasattr(values, "tolist"):  # a numpy array
-        values = values.tolist()
-    if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
-        raise Wrong(f'answer["{name}"] should be a list of per-seed accuracies, got {type(values).__name__}.')
-    out = [_ch08_number(f'an entry of answer["{name}"]', v) for v in values]
-    if len(out) != n:
-        raise Wrong(f'answer["{name}"] has {len(out)} values for {n} seeds: give one accuracy per seed, in the '
-                    'order of answer["seeds"].')
-    return out
-
-
 @register("08.ablation", hint="the ablation is one more experiment.run over the chapter's live seeds, built like "
                               "the chapter's own Annealing KD run with only the AnnealingKD arguments changed; keep "
                               "every list in the order of the seeds.")
 def _check_08_ablation(answer):
-    from kdedu.stats import compare
-    from kdedu.train import default_device
-
     s = ABLATION_SETTING
-    if not isinstance(answer, Mapping):
-        raise Wrong(f"the answer should be a dict with the keys seeds, lr, annealing, no_annealing and verdict, "
-                    f"got {type(answer).__name__}.")
-    missing = [key for key in ("seeds", "lr", "annealing", "no_annealing", "verdict") if key not in answer]
-    if missing:
-        raise Wrong(f"the answer lacks the key(s) {', '.join(missing)}.")
-    seeds = answer["seeds"]
-    seeds = list(seeds.tolist() if hasattr(seeds, "tolist") else seeds) if hasattr(seeds, "__iter__") else None
-    if not seeds or not all(isinstance(x, numbers.Integral) and not isinstance(x, bool) for x in seeds):
-        raise Wrong('answer["seeds"] should be a list of integer seeds.')
-    seeds = [int(x) for x in seeds]
-    if len(set(seeds)) != len(seeds) or len(seeds) < s["min_seeds"]:
-        raise Wrong(f'answer["seeds"] = {seeds}: give the chapter\'s live seeds, at least {s["min_seeds"]} distinct '
-                    "ones.")
-    lr = _ch08_number('answer["lr"]', answer["lr"])
+    answer_dict(answer, ("seeds", "lr", "annealing", "no_annealing", "verdict"))
+    seeds = answer_seeds(answer, s["min_seeds"])
+    lr = answer_number('answer["lr"]', answer["lr"])
     if not 0 < lr < 1:
         raise Wrong(f'answer["lr"] = {lr:g} is not a learning rate that the chapter uses.')
     n = len(seeds)
-    annealing = _ch08_numbers("annealing", answer["annealing"], n)
-    no_annealing = _ch08_numbers("no_annealing", answer["no_annealing"], n)
-    for name, values in (("annealing", annealing), ("no_annealing", no_annealing)):
-        if any(v > 1 for v in values) and all(0 <= v <= 100 for v in values):
-            raise Wrong(f'answer["{name}"] looks like percentages; give accuracies as fractions, as '
-                        "experiment.run returns them.")
-        counts = [v * s["n_test"] for v in values]
-        if any(not 0 <= v <= 1 for v in values) or any(abs(c - round(c)) > 1e-4 for c in counts):
-            raise Wrong(f'answer["{name}"] holds values that are not accuracies on the {s["n_test"]} test digits '
-                        "(a whole number of digits right, divided by 360).")
+    annealing = answer_accuracies('answer["annealing"]', answer["annealing"], n)
+    no_annealing = answer_accuracies('answer["no_annealing"]', answer["no_annealing"], n)
     if annealing == no_annealing:
         raise Wrong("the two lists are the same, seed by seed: the ablation is a different training run "
                     "(tau_max=1, k=10) from the chapter's Annealing KD.")
-    verdicts = ("better", "worse", "no clear difference")
-    if answer["verdict"] not in verdicts:
-        raise Wrong(f'answer["verdict"] should be one of {verdicts}, got {answer["verdict"]!r}.')
-    if answer["verdict"] != compare(annealing, no_annealing)["verdict"]:
-        raise Wrong(f'answer["verdict"] = {answer["verdict"]!r} is not what experiment.compare says of your two '
-                    "lists, Annealing KD first.")
-    # one seed, picked from the submission itself: the same answer is always checked on the same seed
-    blob = json.dumps([seeds, annealing, no_annealing, lr]).encode()
-    i = int(hashlib.sha256(blob).hexdigest(), 16) % n
-    device = default_device()
-    allowed = (1 if device.type == "cpu" else 3) / s["n_test"] + 1e-9  # a digit of float noise; GPUs: a few
+    c = answer_verdict(answer, annealing, no_annealing, "Annealing KD first")
+    i = picked([seeds, annealing, no_annealing, lr], n)  # one seed, fixed by the answer itself
     for name, lst in (("no_annealing", no_annealing), ("annealing", annealing)):
         again = ablation_accuracy(**s[name], lr=lr, seed=seeds[i])
-        if abs(again - lst[i]) > allowed:
+        if abs(again - lst[i]) > retrain_tolerance():
             what = "the ablation (tau_max=1, k=10)" if name == "no_annealing" else \
                 "the chapter's Annealing KD (tau_max=10, k=1)"
             raise Wrong(f'seed {seeds[i]}: your answer["{name}"] says {100 * lst[i]:.2f} %, but training {what} '
                         f"in the live setting (300 digits, 20 epochs, lr = {lr:g}) gives {100 * again:.2f} %. "
                         "Check the method's arguments, the learning rate, the setting and the order of the values.")
-    c = compare(annealing, no_annealing)
     return (f"your seed {seeds[i]} reproduces, both ways. Annealing KD − ablation = {100 * c['mean']:+.2f} ± "
             f"{100 * c['se']:.2f} points over {n} seeds: {c['verdict']} (exploratory; minimum detectable effect "
             f"{100 * c['mde']:.2f} points).")

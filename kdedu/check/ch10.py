@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import math
+import numbers
+from collections.abc import Mapping
 
 import torch
 
@@ -99,3 +104,146 @@ def _check_10_ckd_groups(fn):
             raise Wrong(f"my_groups({M}, {N}) = {got}: the group ends should be at round(i * N / M) = "
                         f"{expected_ends}.")
     return "contiguous groups, every teacher layer in exactly one: nothing skipped (6 -> 3: [[1, 2], [3, 4], [5, 6]])."
+
+
+# ------------------------------------------------------------------------------------------------
+# 10.pkd-last: an experiment. The reader trains PKD-Last students over the chapter's live seeds at the key depth
+# (6 -> 2); the checker trains one of the submitted seeds again, PKD-Last and PKD-Skip, in the chapter's live
+# setting, and recomputes the verdict.
+# ------------------------------------------------------------------------------------------------
+PKD_LAST_SETTING = {"teacher": "sentiment-minilm", "teacher_overrides": {}, "layers": (2, 5), "n_train": 512,
+                    "batch_size": 32, "num_epochs": 1, "lr": 1e-4, "alpha": 0.5, "temperature": 5.0,
+                    "hidden_weight": 1.0, "n_test": 500, "min_seeds": 2, "last": {1: 5}, "skip": {1: 3}}
+"""The chapter's live setting for its 6 -> 2 student (``train_one`` in the ``fast`` profile): the student copies
+teacher blocks 3 and 6 (0-based ``layers``); PKD-Skip maps student layer 1 to teacher layer 3, the one it was
+copied from; PKD-Last to teacher layer 5, just below the top. (The tests swap in a tiny teacher.)"""
+
+
+@functools.lru_cache(maxsize=4)
+def _pkd_last_data(teacher_name: str, overrides: str, n_train: int, batch_size: int):
+    """The teacher, its stored outputs on the transfer set (every layer's [CLS] vector) and the test loader."""
+    from kdedu import zoo
+    from kdedu.data import sentiment, text_loader
+    from kdedu.methods import precompute_teacher
+
+    teacher = zoo.text_teacher(teacher_name, verbose=False, **json.loads(overrides))
+    n = teacher.encoder.config.num_hidden_layers
+    # the chapter's `store`: the same batches (fit's seed orders them); only the [CLS] vectors, all PKD reads
+    store = precompute_teacher(teacher, text_loader(sentiment("train", limit=n_train), teacher.tokenizer,
+                                                    batch_size=batch_size),
+                               hidden_layers=range(n + 1), cls_only=True, seed=None, group_by_length=True)
+    # the chapter's `test_store` batches (sorted by length, 128 a batch), without the teacher's outputs
+    test = text_loader(sentiment("test"), teacher.tokenizer, batch_size=128, group_by_length=True)
+    return teacher, store, test
+
+
+@functools.lru_cache(maxsize=64)  # a resubmitted answer is checked again in no time
+def pkd_accuracy(layer_map: tuple, seed: int) -> float:
+    """Test accuracy of the chapter's 6 -> 2 student trained with ``PKD(layer_map=dict(layer_map))``, live setting.
+
+    The same steps as the chapter's ``make_student`` and ``train_one``: ``torch.manual_seed(seed)``, a copy of the
+    teacher's embeddings, blocks ``layers`` and head, word embeddings frozen; then ``fit(PKD(...), store,
+    num_epochs=1, lr=1e-4, seed=seed)`` on the 512 stored transfer sentences; scored on the 500 test sentences.
+    """
+    from kdedu.methods import PKD
+    from kdedu.models import SequenceClassifier, student_from_teacher
+    from kdedu.train import fit
+
+    s = PKD_LAST_SETTING
+    teacher, store, test = _pkd_last_data(s["teacher"], json.dumps(s["teacher_overrides"], sort_keys=True),
+                                          s["n_train"], s["batch_size"])
+    torch.manual_seed(seed)
+    student = SequenceClassifier(student_from_teacher(teacher, s["layers"]), teacher.head.out_features,
+                                 pooling="cls")
+    student.head.load_state_dict(teacher.head.state_dict())
+    student.encoder.embeddings.word_embeddings.weight.requires_grad_(False)
+    method = PKD(student, layer_map=dict(layer_map), alpha=s["alpha"], temperature=s["temperature"],
+                 hidden_weight=s["hidden_weight"])
+    fit(method, store, None, num_epochs=s["num_epochs"], lr=s["lr"], seed=seed, progress=False)
+    student.eval()
+    device = next(student.parameters()).device
+    correct = n = 0
+    with torch.no_grad():
+        for ids, y in test:
+            logits = student(ids.to(device))
+            correct += (logits.argmax(-1).cpu() == y).sum().item()
+            n += len(y)
+    return correct / n
+
+
+def _ch10_number(name: str, value) -> float:
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise Wrong(f"{name} should be a number, got {type(value).__name__}.")
+    return float(value)
+
+
+def _ch10_accuracies(name: str, values, n: int, n_test: int) -> list[float]:
+    if hasattr(values, "tolist"):  # a tensor or a numpy array
+        values = values.tolist()
+    if isinstance(values, (str, bytes, Mapping)) or not hasattr(values, "__len__"):
+        raise Wrong(f'answer["{name}"] should be a list of per-seed accuracies, got {type(values).__name__}.')
+    out = [_ch10_number(f'an entry of answer["{name}"]', v) for v in values]
+    if len(out) != n:
+        raise Wrong(f'answer["{name}"] has {len(out)} values for {n} seeds: give one accuracy per seed, in the '
+                    'order of answer["seeds"].')
+    if any(v > 1 for v in out) and all(0 <= v <= 100 for v in out):
+        raise Wrong(f'answer["{name}"] looks like percentages; give accuracies as fractions, as experiment.run '
+                    "returns them.")
+    if any(not 0 <= v <= 1 or abs(v * n_test - round(v * n_test)) > 1e-4 for v in out):
+        raise Wrong(f'answer["{name}"] holds values that are not accuracies on the {n_test} test sentences (a whole '
+                    f"number of sentences right, divided by {n_test}).")
+    return out
+
+
+@register("10.pkd-last", hint="the experiment is one more experiment.run over the chapter's live seeds, built like the "
+                              "chapter's own PKD run for the 6 -> 2 student with only the layer map changed; keep "
+                              "every list in the order of the seeds.")
+def _check_10_pkd_last(answer):
+    from kdedu.stats import compare
+    from kdedu.train import default_device
+
+    s = PKD_LAST_SETTING
+    if not isinstance(answer, Mapping):
+        raise Wrong(f"the answer should be a dict with the keys seeds, last, skip and verdict, got "
+                    f"{type(answer).__name__}.")
+    missing = [key for key in ("seeds", "last", "skip", "verdict") if key not in answer]
+    if missing:
+        raise Wrong(f"the answer lacks the key(s) {', '.join(missing)}.")
+    seeds = answer["seeds"]
+    seeds = list(seeds.tolist() if hasattr(seeds, "tolist") else seeds) \
+        if hasattr(seeds, "__iter__") and not isinstance(seeds, (str, bytes)) else None
+    if not seeds or not all(isinstance(x, numbers.Integral) and not isinstance(x, bool) for x in seeds):
+        raise Wrong('answer["seeds"] should be a list of integer seeds.')
+    seeds = [int(x) for x in seeds]
+    if len(set(seeds)) != len(seeds) or len(seeds) < s["min_seeds"]:
+        raise Wrong(f'answer["seeds"] = {seeds}: give the chapter\'s live seeds, at least {s["min_seeds"]} distinct '
+                    "ones.")
+    n = len(seeds)
+    last = _ch10_accuracies("last", answer["last"], n, s["n_test"])
+    skip = _ch10_accuracies("skip", answer["skip"], n, s["n_test"])
+    if last == skip:
+        raise Wrong("the two lists are the same, seed by seed: PKD-Last is a different training run from the "
+                    "chapter's PKD (PKD-Skip); check the layer map you trained with.")
+    verdicts = ("better", "worse", "no clear difference")
+    if answer["verdict"] not in verdicts:
+        raise Wrong(f'answer["verdict"] should be one of {verdicts}, got {answer["verdict"]!r}.')
+    c = compare(last, skip)
+    if answer["verdict"] != c["verdict"]:
+        raise Wrong(f'answer["verdict"] = {answer["verdict"]!r} is not what experiment.compare says of your two '
+                    "lists, PKD-Last first.")
+    # one seed, picked from the submission itself: the same answer is always checked on the same seed
+    i = int(hashlib.sha256(json.dumps([seeds, last, skip]).encode()).hexdigest(), 16) % n
+    allowed = (1 if default_device().type == "cpu" else 3) / s["n_test"] + 1e-9  # a sentence of float noise
+    for name, values in (("last", last), ("skip", skip)):
+        again = pkd_accuracy(tuple(sorted(s[name].items())), seeds[i])
+        if abs(again - values[i]) > allowed:
+            what = "PKD-Last" if name == "last" else "the chapter's PKD (PKD-Skip)"
+            raise Wrong(f'seed {seeds[i]}: your answer["{name}"] says {100 * values[i]:.2f} %, but training {what} '
+                        f"for the 6 -> 2 student in the live setting ({s['n_train']} sentences, "
+                        f"{s['num_epochs']} epoch, lr = {s['lr']:g}) gives {100 * again:.2f} %. Check the layer "
+                        "map, the student, the setting and the order of the values.")
+    return (f"your seed {seeds[i]} reproduces, both ways. PKD-Last − PKD-Skip = {100 * c['mean']:+.2f} ± "
+            f"{100 * c['se']:.2f} points (mean ± s.e.) over {n} seeds: {c['verdict']} (exploratory, not a key "
+            f"comparison; minimum detectable effect {100 * c['mde']:.2f} points).")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 
@@ -46,6 +47,10 @@ def _check_19_fused_bytes(answer):
             "far below the eager loss.")
 
 
+EAGER_MEMORY_SIZE = (8192, 256000)
+"""The exercise's N (tokens) and V (Gemma 2's vocabulary): not a size whose memory the chapter prints."""
+
+
 @register("19.eager-memory", hint="autograd keeps what the backward formulas need: which tensors are they, and in "
                                   "which dtype are they after the cast? 1 GiB = 2**30 bytes.")
 def _check_19_eager_memory(answer):
@@ -55,7 +60,7 @@ def _check_19_eager_memory(answer):
         return bench.held_bytes(lambda a, b: bench.eager_kd_loss(a.float(), b.float(), 2.0), s, t)
 
     per_logit = _ch19_per_logit(upcast)
-    n, v = 8192, 128256
+    n, v = EAGER_MEMORY_SIZE
     expected = per_logit * n * v / 2**30  # measured on small logits; the saved tensors grow like N x V
     if isinstance(answer, (int, float)) and not isinstance(answer, bool):
         if math.isclose(answer, expected * 2**30 / 1e9, rel_tol=0.02):
@@ -70,9 +75,9 @@ def _check_19_eager_memory(answer):
             raise Wrong(f"{answer} GiB also counts the float32 copies of the logits, which the backward pass does "
                         "not need: the cast's backward only casts the gradient back.")
     close("your memory in GiB", answer, expected, rel=0.02)
-    return (f"{expected:.2f} GiB: two float32 copies of the [8192, 128256] logits, the log-probabilities of both "
-            "models, twice the bf16 loss's 3.91 GiB. The fused kernel computes in float32 too, in registers, and "
-            "keeps one bf16 gradient.")
+    return (f"{expected:.5g} GiB: two float32 copies of the [{n}, {v}] logits, the log-probabilities of both models, "
+            f"twice the {expected / 2:.5g} GiB of the bf16 loss. The fused kernel computes in float32 too, in "
+            "registers, and keeps one bf16 gradient.")
 
 
 def _ch19_state(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,3 +131,127 @@ def _check_19_merge_logsumexp(fn):
     same_tensor("your merge_lse with its parts swapped: its sum d", d, _ch19_state(x)[1], atol=1e-12, rtol=1e-9)
     return ("the state of the union, for every split, for logits of size 1e4 and for parts with no finite logit; "
             "the merge is associative, so the parts can be merged in any order, in a tree or across GPUs.")
+
+
+# ------------------------------------------------------------------------------------------------
+# 19.reverse-kl: an experiment. The reader builds the reverse KL as an autograd.Function that writes its gradient in
+# the forward pass, and measures the memory it and the eager loss hold; the checker compares the loss and its
+# gradient with autograd's on reverse_kd_loss and measures both memories again.
+# ------------------------------------------------------------------------------------------------
+REVERSE_KL_SHAPE = (64, 1000)
+"""The bf16 logits of the exercise's measurement, at T = 2."""
+
+
+def _ch19_logits(shape, dtype, seed: int, requires_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    s = (3 * torch.randn(*shape, generator=g, dtype=torch.float64)).to(dtype).requires_grad_(requires_grad)
+    t = (3 * torch.randn(*shape, generator=g, dtype=torch.float64)).to(dtype)
+    return s, t
+
+
+def _ch19_scalar(name: str, value) -> float:
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise Wrong(f"{name} should be a number, got {type(value).__name__}.")
+    return float(value)
+
+
+def _ch19_reverse_value_and_grad(fn) -> None:
+    """Raise Wrong unless fn(s, t, T) is T^2 KL(p_s || p_t), batchmean, with autograd's gradient (any upstream)."""
+    from kdedu import losses
+
+    for shape, T, upstream in (((4, 9), 2.0, 3.0), ((6, 50), 1.0, -0.5), ((3, 17), 0.5, 1.0)):
+        s, t = _ch19_logits(shape, torch.float64, seed=shape[1])
+        got = fn(s, t, T)
+        if not isinstance(got, torch.Tensor) or got.numel() != 1:
+            raise Wrong(f"your loss(s, t, T) should return the loss as a tensor of one number, got "
+                        f"{type(got).__name__}{tuple(got.shape) if isinstance(got, torch.Tensor) else ''}.")
+        expected = losses.reverse_kd_loss(s, t, T)
+        if not torch.allclose(got.detach().double(), expected.detach(), rtol=1e-5, atol=1e-6):  # float32 inside
+            value = got.item()
+            forward_kl = losses.kd_loss(s, t, T).item()
+            if math.isclose(value, forward_kl, rel_tol=1e-5):
+                raise Wrong(f"on {shape} logits your loss is the forward KL, KL(p_t || p_s); the exercise asks for the "
+                            "reverse KL, KL(p_s || p_t).")
+            if math.isclose(value, shape[0] * expected.item(), rel_tol=1e-5):
+                raise Wrong(f"on {shape} logits your loss is the sum over the rows; average it over the rows, as "
+                            "reverse_kd_loss does.")
+            if T != 1 and math.isclose(value, expected.item() / T**2, rel_tol=1e-5):
+                raise Wrong(f"at T = {T:g} your loss lacks the factor T^2 that reverse_kd_loss includes.")
+            raise Wrong(f"on {shape} logits at T = {T:g} your loss is {value:.6g}; reverse_kd_loss gives "
+                        f"{expected.item():.6g}.")
+        if not got.requires_grad:
+            raise Wrong("your loss has no gradient with respect to s: it must come from your Function's backward.")
+        (g,) = torch.autograd.grad(upstream * got, s)
+        (g_ref,) = torch.autograd.grad(upstream * expected, s)
+        if g.shape != g_ref.shape:
+            raise Wrong(f"your gradient has shape {tuple(g.shape)} for logits of shape {shape}.")
+        g, where = g.double(), f"on {shape} logits at T = {T:g}, with an incoming gradient of {upstream:g}"
+        if torch.allclose(g, g_ref, rtol=1e-4, atol=1e-6):
+            continue
+        if upstream != 1 and torch.allclose(g, g_ref / upstream, rtol=1e-4, atol=1e-6):
+            raise Wrong(f"{where}, your gradient ignores the incoming gradient: the backward pass must scale the "
+                        "saved gradient by it.")
+        if torch.allclose(g, -g_ref, rtol=1e-4, atol=1e-6):
+            raise Wrong(f"{where}, your gradient has the wrong sign.")
+        if torch.allclose(g, g_ref * shape[0], rtol=1e-4, atol=1e-6):
+            raise Wrong(f"{where}, your gradient is that of the sum over the rows; the loss is their mean.")
+        if not torch.allclose(g.sum(-1), torch.zeros(shape[0], dtype=g.dtype), atol=1e-5):
+            raise Wrong(f"{where}, your gradient differs from autograd's, and its rows do not sum to zero as they "
+                        "must: adding a constant to a row of logits does not change the softmax, nor the loss.")
+        err = (g - g_ref).abs().max().item()
+        raise Wrong(f"{where}, your gradient differs from autograd's gradient of reverse_kd_loss by up to {err:.3g}.")
+
+
+@register("19.reverse-kl", hint="the reverse KL depends on the student's logits twice: through the weights p_s of its "
+                                "sum and through the log-ratios. Differentiate both, and check the result with "
+                                "torch.autograd.grad on reverse_kd_loss before you put it in forward.")
+def _check_19_reverse_kl(answer):
+    from kdedu import losses
+    from kdedu.kernels import bench
+
+    if not isinstance(answer, Mapping):
+        raise Wrong("the answer should be a dict with the keys loss, held and eager_held, got "
+                    f"{type(answer).__name__}.")
+    missing = [key for key in ("loss", "held", "eager_held") if key not in answer]
+    if missing:
+        raise Wrong(f"the answer lacks the key(s) {', '.join(missing)}.")
+    fn = answer["loss"]
+    function('answer["loss"], a function loss(s, t, T)', fn)
+    held_said, eager_said = _ch19_scalar('answer["held"]', answer["held"]), \
+        _ch19_scalar('answer["eager_held"]', answer["eager_held"])
+    _ch19_reverse_value_and_grad(fn)
+
+    # the measurement, again: bf16 logits of the exercise's shape at T = 2
+    s, t = _ch19_logits(REVERSE_KL_SHAPE, torch.bfloat16, seed=19)
+    n_logits, size = s.numel(), s.element_size()
+    held = bench.held_bytes(lambda a, b: fn(a, b, 2.0), s, t) / n_logits
+    eager = bench.held_bytes(lambda a, b: losses.reverse_kd_loss(a, b, 2.0), s, t) / n_logits
+    backward_read = sum(op.read for op in bench.traffic(lambda a, b: fn(a, b, 2.0), s, t)
+                        if op.phase == "backward" and op.largest >= n_logits) / n_logits
+    if held > size + 0.05:
+        raise Wrong(f"your loss keeps {held:.2f} bytes per logit for the backward pass, more than one gradient in the "
+                    f"logits' dtype ({size} bytes for bf16): save only the gradient, cast to the dtype of the logits.")
+    if held < size - 0.05:
+        if backward_read > size + 0.05:
+            raise Wrong(f"your backward pass reads {backward_read:.1f} bytes per logit: it recomputes from the logits "
+                        "what the forward pass could have written. Compute the gradient in forward and save it.")
+        raise Wrong(f"bench.held_bytes sees only {held:.2f} bytes per logit saved by your loss: keep the gradient with "
+                    "ctx.save_for_backward, where autograd (and the measurement) can see it, not as an attribute of "
+                    "ctx.")
+    for name, said, measured in (("held", held_said, held), ("eager_held", eager_said, eager)):
+        if math.isclose(said, measured, abs_tol=0.05):
+            continue
+        other = eager if name == "held" else held
+        if math.isclose(said, other, abs_tol=0.05):
+            raise Wrong('answer["held"] and answer["eager_held"] are swapped.')
+        if math.isclose(said, measured * n_logits, rel_tol=1e-3):
+            raise Wrong(f'answer["{name}"] = {said:g} is the total in bytes; give bytes per logit (divide by the '
+                        f"{n_logits} logits).")
+        raise Wrong(f'answer["{name}"] = {said:g} bytes per logit, but bench.held_bytes on bf16 logits of shape '
+                    f"{REVERSE_KL_SHAPE} at T = 2 measures {measured:.2f}.")
+    return (f"your loss matches reverse_kd_loss and autograd's gradient, and keeps {held:.2f} bytes per logit for the "
+            f"backward pass against {eager:.2f} for the eager loss: the gradient of the reverse KL can be written in "
+            "the forward pass too. A one-pass kernel needs one more number per row for it, the row's KL, which the "
+            "first sweep provides.")

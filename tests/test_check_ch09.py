@@ -6,6 +6,10 @@ For every checker: a correct answer passes, plausible wrong answers fail (with a
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Mapping
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from checks import answer_tests
@@ -37,6 +41,82 @@ def _cos_layers(hs_s, hs_t, mask, layer_map):
     return torch.stack([_cos_masked(hs_s[j], hs_t[k], mask) for j, k in layer_map.items()]).mean()
 
 
+@functools.cache
+def _transfer_runs() -> dict:
+    """The exercise's experiment, done as the chapter's solution does it (once per test session): the chapter's
+    BiLSTM on all 2,000 training sentences for 2 epochs (lr 3e-3, batches of 32), over the 5 bilstm_seeds, on the
+    teacher's logits (logit MSE) and on the labels."""
+    import kdedu
+    from kdedu.data import sentiment, text_loader
+    from kdedu.methods import Supervised, precompute_teacher
+    from kdedu.models import BiLSTMStudent
+    from kdedu.train import Distiller
+
+    class LogitMSE(Distiller):  # the chapter's class
+        def __init__(self, student, alpha=0.0):
+            super().__init__(student)
+            self.alpha = alpha
+
+        def forward(self, x, y):
+            z_s = self.student(x.input_ids, x.attention_mask)
+            terms = {"mse": (1 - self.alpha) * losses.logit_mse(z_s, x.logits)}
+            if self.alpha > 0:
+                terms["ce"] = self.alpha * F.cross_entropy(z_s, y)
+            return terms
+
+    T = kdedu.zoo.text_teacher(verbose=False)
+    split = sentiment("train")
+    with_teacher = precompute_teacher(T, text_loader(split, T.tokenizer, 32), hidden_layers=(-1,), cls_only=False,
+                                      group_by_length=True, seed=None)  # as the chapter's transfer_loaders
+    labels_only = text_loader(split, T.tokenizer, 32, shuffle=True, seed=None, group_by_length=True)
+    test_loader = text_loader(sentiment("test"), T.tokenizer, 128, group_by_length=True)
+    seeds = list(range(5))
+
+    def accuracy(distil, seed):
+        torch.manual_seed(seed)
+        student = BiLSTMStudent(num_classes=2, embeddings=T.encoder.embeddings.word_embeddings.weight,
+                                freeze_embeddings=True, hidden=64, mlp_hidden=64)
+        method, loader = (LogitMSE(student), with_teacher) if distil else (Supervised(student), labels_only)
+        kdedu.fit(method, loader, None, num_epochs=2, lr=3e-3, seed=seed, progress=False)
+        return kdedu.evaluate(student, test_loader)["acc"]
+
+    return {"seeds": seeds, "labels": [accuracy(False, s) for s in seeds], "mse": [accuracy(True, s) for s in seeds]}
+
+
+class Transfer(Mapping):
+    """An answer to 09.transfer-set, made from the correct one by ``change`` when it is first read (so collecting
+    the tests trains nothing)."""
+
+    def __init__(self, what: str, change=lambda answer: answer):
+        self.what, self.change, self._answer = what, change, None
+
+    def _get(self) -> dict:
+        if self._answer is None:
+            self._answer = self.change(dict(_transfer_runs()))
+        return self._answer
+
+    def __getitem__(self, key):
+        return self._get()[key]
+
+    def __iter__(self):
+        return iter(self._get())
+
+    def __len__(self):
+        return len(self._get())
+
+    def __repr__(self):
+        return f"<09.transfer-set answer: {self.what}>"
+
+
+def _with(**changes):
+    return lambda answer: {**answer, **{k: (v(answer) if callable(v) else v) for k, v in changes.items()}}
+
+
+def _shift(values, sentences):
+    """Every accuracy moved by a few test sentences (the other way where that would leave [0, 1])."""
+    return [v + sentences / 500 if 0 <= v + sentences / 500 <= 1 else v - sentences / 500 for v in values]
+
+
 CORRECT = {
     "09.spread-layers": [
         _spread,
@@ -49,6 +129,11 @@ CORRECT = {
     "09.param-count": [
         _bert_params,
         lambda L, H, I, V, P: torch.tensor(_bert_params(L, H, I, V, P)),
+    ],
+    "09.transfer-set": [
+        Transfer("as the chapter's solution makes it"),
+        Transfer("arrays and tuples", _with(seeds=lambda a: tuple(a["seeds"]), labels=lambda a: np.array(a["labels"]),
+                                            mse=lambda a: torch.tensor(a["mse"], dtype=torch.float64))),
     ],
 }
 
@@ -79,6 +164,19 @@ WRONG = {
         lambda L, H, I, V, P: 12 * L * H * H,                                  # the rule of thumb
         lambda L, H, I, V, P: "many",
     ],
+    "09.transfer-set": [
+        Transfer("the distilled accuracies made up", _with(mse=lambda a: _shift(a["mse"], 3))),
+        Transfer("the labels-only accuracies made up", _with(labels=lambda a: _shift(a["labels"], -3))),
+        Transfer("the two lists swapped", _with(labels=lambda a: a["mse"], mse=lambda a: a["labels"])),
+        Transfer("one list copied into the other", _with(labels=lambda a: list(a["mse"]))),
+        Transfer("percentages", _with(labels=lambda a: [100 * v for v in a["labels"]],
+                                      mse=lambda a: [100 * v for v in a["mse"]])),
+        Transfer("too few seeds", _with(seeds=[0, 1, 2], labels=lambda a: a["labels"][:3], mse=lambda a: a["mse"][:3])),
+        Transfer("one value missing", _with(mse=lambda a: a["mse"][:-1])),
+        Transfer("not accuracies on the 500 test sentences", _with(mse=lambda a: [v + 0.0007 for v in a["mse"]])),
+        {"seeds": [0, 1, 2, 3, 4], "labels": [0.8] * 5},  # a key missing
+        [0.8, 0.81, 0.82],
+    ],
 }
 
 test_correct_answers_pass, test_wrong_answers_fail = answer_tests(CORRECT, WRONG)
@@ -104,3 +202,36 @@ def test_targeted_messages():
 def test_param_count_success_message_reproduces_the_decks_sizes():
     message = _verdict("09.param-count", _bert_params).message
     assert "108.9 M" in message and "109.5 M" in message and "66.4 M" in message
+
+
+def test_every_chapter_09_exercise_is_tested():
+    ours = {k for k in check.EXERCISES if k.startswith("09.")}
+    assert ours == set(CORRECT) == set(WRONG)
+
+
+def test_transfer_set_messages():
+    wrong = {a.what: a for a in WRONG["09.transfer-set"] if isinstance(a, Transfer)}
+    expected = {
+        "the distilled accuracies made up": "the distilled BiLSTM (LogitMSE",
+        "the labels-only accuracies made up": "the labels-only BiLSTM (Supervised)",
+        "the two lists swapped": "swapped",
+        "one list copied into the other": "the same, seed by seed",
+        "percentages": "percentages",
+        "too few seeds": "at least 5",
+        "one value missing": "4 values for 5 seeds",
+        "not accuracies on the 500 test sentences": "500 test sentences",
+    }
+    for what, message in expected.items():
+        assert message in _verdict("09.transfer-set", wrong[what]).message, what
+    assert "lacks the key(s) mse" in _verdict("09.transfer-set", WRONG["09.transfer-set"][-2]).message
+
+
+def test_transfer_set_success_message_describes_without_a_verdict():
+    message = _verdict("09.transfer-set", CORRECT["09.transfer-set"][0]).message
+    assert "reproduces, both ways" in message and "described, not tested" in message
+    assert not any(word in message for word in ("better", "worse", "no clear difference"))
+
+
+def test_transfer_set_hint_gives_no_answer():
+    hint = check.hint("09.transfer-set", verbose=False)
+    assert hint and not any(word in hint for word in ("LogitMSE", "Supervised", "2000", "2,000", "epochs=2", "0."))

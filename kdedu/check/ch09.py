@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import math
 import numbers
+from collections.abc import Mapping
 
+import numpy as np
 import torch
 
 from kdedu.check import Wrong, function, register, same_tensor
@@ -171,3 +176,138 @@ def _check_09_param_count(fn):
     return (f"right on every size. BERT-base: {base / 1e6:.1f} M, {(base + pooler) / 1e6:.1f} M with its pooler (the "
             f"deck's 110 M); DistilBERT, six blocks without token types or pooler: {distil / 1e6:.1f} M "
             "(the deck's 66 M).")
+
+
+# ------------------------------------------------------------------------------------------------
+# 09.transfer-set: an experiment. The reader trains two BiLSTMs on the whole training split over the chapter's
+# seeds; the checker trains one of the submitted seeds again, both ways, and compares.
+# ------------------------------------------------------------------------------------------------
+TRANSFER_SETTING = {"n_train": 2000, "num_epochs": 2, "lr": 3e-3, "batch_size": 32, "hidden": 64, "n_test": 500,
+                    "min_seeds": 5}
+"""The exercise's setting: the chapter's BiLSTM (``make_bilstm``, ``bilstm_lr``) on all 2,000 sentences, 2 epochs."""
+
+
+@functools.lru_cache(maxsize=1)
+def _transfer_data():
+    """The teacher, the two loaders of the whole training split and the test loader, made as the chapter makes
+    them (the teacher runs once over the 2,000 sentences: the slow part of a first check)."""
+    from kdedu import zoo
+    from kdedu.data import sentiment, text_loader
+    from kdedu.methods import precompute_teacher
+
+    s = TRANSFER_SETTING
+    teacher = zoo.text_teacher(verbose=False)
+    split = sentiment("train", limit=s["n_train"])
+    with_teacher = precompute_teacher(teacher, text_loader(split, teacher.tokenizer, s["batch_size"]),
+                                      group_by_length=True, seed=None)
+    labels_only = text_loader(split, teacher.tokenizer, s["batch_size"], shuffle=True, seed=None,
+                              group_by_length=True)
+    test_loader = text_loader(sentiment("test"), teacher.tokenizer, 128, group_by_length=True)
+    return teacher, with_teacher, labels_only, test_loader
+
+
+@functools.lru_cache(maxsize=64)  # a resubmitted answer is checked again in no time
+def transfer_accuracy(distil: bool, seed: int) -> float:
+    """Test accuracy of the chapter's BiLSTM trained in the exercise's setting on the teacher's logits
+    (``distil=True``: ``LogitMSE``, alpha = 0) or on the labels (``Supervised``).
+
+    The same steps as the chapter's ``train_bilstm``: ``torch.manual_seed(seed)`` before building
+    ``BiLSTMStudent`` on the teacher's frozen word embeddings, then ``fit(..., num_epochs=2, lr=3e-3, seed=seed)``.
+    """
+    from kdedu import losses
+    from kdedu.methods import Supervised
+    from kdedu.models import BiLSTMStudent
+    from kdedu.train import Distiller, evaluate, fit
+
+    class LogitMSE(Distiller):  # the chapter's, with alpha = 0: Tang et al.'s MSE on the teacher's logits
+        def forward(self, x, y):
+            return {"mse": losses.logit_mse(self.student(x.input_ids, x.attention_mask), x.logits)}
+
+    s = TRANSFER_SETTING
+    teacher, with_teacher, labels_only, test_loader = _transfer_data()
+    torch.manual_seed(seed)
+    student = BiLSTMStudent(num_classes=2, embeddings=teacher.encoder.embeddings.word_embeddings.weight,
+                            freeze_embeddings=True, hidden=s["hidden"], mlp_hidden=s["hidden"])
+    method, loader = (LogitMSE(student), with_teacher) if distil else (Supervised(student), labels_only)
+    fit(method, loader, None, num_epochs=s["num_epochs"], lr=s["lr"], seed=seed, progress=False)
+    return float(evaluate(student, test_loader)["acc"])
+
+
+def _ch09_number(name: str, value) -> float:
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise Wrong(f"{name} should be a number, got {value!r}.")
+    return float(value)
+
+
+def _ch09_accuracies(name: str, values, n: int) -> list[float]:
+    if hasattr(values, "tolist"):  # a tensor or a numpy array
+        values = values.tolist()
+    if isinstance(values, (str, bytes, Mapping)) or not hasattr(values, "__len__"):
+        raise Wrong(f'answer["{name}"] should be a list of per-seed accuracies, got {type(values).__name__}.')
+    out = [_ch09_number(f'an entry of answer["{name}"]', v) for v in values]
+    if len(out) != n:
+        raise Wrong(f'answer["{name}"] has {len(out)} values for {n} seeds: give one accuracy per seed, in the '
+                    'order of answer["seeds"].')
+    n_test = TRANSFER_SETTING["n_test"]
+    if any(v > 1 for v in out) and all(0 <= v <= 100 for v in out):
+        raise Wrong(f'answer["{name}"] looks like percentages; give accuracies as fractions, as experiment.run '
+                    "returns them.")
+    if any(not 0 <= v <= 1 or abs(v * n_test - round(v * n_test)) > 1e-3 for v in out):
+        raise Wrong(f'answer["{name}"] holds values that are not accuracies on the {n_test} test sentences (a whole '
+                    f"number of sentences right, divided by {n_test}).")
+    return out
+
+
+@register("09.transfer-set", hint="the two runs are the chapter's BiLSTM runs with other loaders and another number "
+                                  "of epochs: make the loaders for the whole split with the chapter's own helper, "
+                                  "and keep both lists in the order of the seeds.")
+def _check_09_transfer_set(answer):
+    from kdedu.train import default_device
+
+    s = TRANSFER_SETTING
+    if not isinstance(answer, Mapping):
+        raise Wrong(f"the answer should be a dict with the keys seeds, labels and mse, got {type(answer).__name__}.")
+    missing = [key for key in ("seeds", "labels", "mse") if key not in answer]
+    if missing:
+        raise Wrong(f"the answer lacks the key(s) {', '.join(missing)}.")
+    seeds = answer["seeds"]
+    seeds = list(seeds.tolist() if hasattr(seeds, "tolist") else seeds) \
+        if hasattr(seeds, "__iter__") and not isinstance(seeds, (str, bytes)) else None
+    if not seeds or not all(isinstance(x, numbers.Integral) and not isinstance(x, bool) for x in seeds):
+        raise Wrong('answer["seeds"] should be a list of integer seeds.')
+    seeds = [int(x) for x in seeds]
+    if len(set(seeds)) != len(seeds) or len(seeds) < s["min_seeds"]:
+        raise Wrong(f'answer["seeds"] = {seeds}: give the chapter\'s bilstm_seeds, at least {s["min_seeds"]} distinct '
+                    "ones.")
+    n = len(seeds)
+    labels = _ch09_accuracies("labels", answer["labels"], n)
+    mse = _ch09_accuracies("mse", answer["mse"], n)
+    if labels == mse:
+        raise Wrong("the two lists are the same, seed by seed: the labels-only BiLSTM and the distilled one are two "
+                    "different training runs.")
+    # one seed, picked from the submission itself (the same answer is always checked on the same seed), among the
+    # seeds on which the two runs differ, so that two swapped lists cannot pass
+    differ = [j for j in range(n) if labels[j] != mse[j]]
+    blob = json.dumps([seeds, labels, mse]).encode()
+    i = differ[int(hashlib.sha256(blob).hexdigest(), 16) % len(differ)]
+    allowed = (1 if default_device().type == "cpu" else 3) / s["n_test"] + 1e-9  # a sentence of float noise
+    again = {"labels": transfer_accuracy(False, seeds[i]), "mse": transfer_accuracy(True, seeds[i])}
+    got = {"labels": labels[i], "mse": mse[i]}
+    if all(abs(got[a] - again[b]) <= allowed for a, b in (("labels", "mse"), ("mse", "labels"))) and \
+            not all(abs(got[k] - again[k]) <= allowed for k in got):
+        raise Wrong(f"seed {seeds[i]}: your two lists are swapped: answer[\"labels\"] holds the distilled BiLSTM's "
+                    "accuracy and answer[\"mse\"] the labels-only one's.")
+    for name, what in (("labels", "the labels-only BiLSTM (Supervised)"),
+                       ("mse", "the distilled BiLSTM (LogitMSE on the teacher's logits)")):
+        if abs(got[name] - again[name]) > allowed:
+            raise Wrong(f'seed {seeds[i]}: your answer["{name}"] says {100 * got[name]:.2f} %, but training {what} '
+                        f"on all {s['n_train']:,} training sentences for {s['num_epochs']} epochs (lr = {s['lr']:g}, "
+                        f"batches of {s['batch_size']}) gives {100 * again[name]:.2f} %. Check the loaders, the number "
+                        "of epochs, the learning rate and the order of the values.")
+    d = 100 * (np.asarray(mse) - np.asarray(labels))
+    se = d.std(ddof=1) / math.sqrt(n) if n > 1 else 0.0
+    return (f"your seed {seeds[i]} reproduces, both ways. On all {s['n_train']:,} sentences, logit MSE − labels = "
+            f"{d.mean():+.2f} ± {se:.2f} points (mean ± s.e. over {n} seeds; described, not tested), higher on "
+            f"{int((d > 0).sum())} of {n} seeds. Compare it with the chapter's line for the live transfer set.")

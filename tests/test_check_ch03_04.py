@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from checks import answer_tests
+from checks import LazyAnswer, answer_tests, shift
 
 from kdedu import check, experiment, losses
 
@@ -95,28 +94,9 @@ def _confident_runs() -> dict:
             "verdict": experiment.compare(runs[4.0], runs[1.0])["verdict"]}
 
 
-class ConfidentTeacher(Mapping):
-    """An answer to 03.confident-teacher, made from the correct one by ``change`` when it is first read."""
-
-    def __init__(self, what: str, change=lambda answer: answer):
-        self.what, self.change, self._answer = what, change, None
-
-    def _get(self) -> dict:
-        if self._answer is None:
-            self._answer = self.change(dict(_confident_runs()))
-        return self._answer
-
-    def __getitem__(self, key):
-        return self._get()[key]
-
-    def __iter__(self):
-        return iter(self._get())
-
-    def __len__(self):
-        return len(self._get())
-
-    def __repr__(self):
-        return f"<03.confident-teacher answer: {self.what}>"
+def ConfidentTeacher(what: str, change=lambda answer: answer) -> LazyAnswer:
+    """An answer made from the correct one by ``change`` when it is first read (tests/checks.py)."""
+    return LazyAnswer(_confident_runs, what, change)
 
 
 def _with(**changes):
@@ -131,11 +111,6 @@ def _with(**changes):
 
 def _other_verdict(answer):
     return next(v for v in ("better", "worse", "no clear difference") if v != answer["verdict"])
-
-
-def _shift(values, digits):
-    """Every accuracy moved by a few test digits (the other way where that would leave [0, 1])."""
-    return [v + digits / 360 if 0 <= v + digits / 360 <= 1 else v - digits / 360 for v in values]
 
 
 H_SMOOTHED = -(0.91 * math.log(0.91) + 9 * 0.01 * math.log(0.01))  # the entropy of q' (eps = 0.1, C = 10)
@@ -180,7 +155,7 @@ WRONG = {
     ],
     "03.confident-teacher": [
         ConfidentTeacher("the verdict of another comparison", _with(verdict=_other_verdict)),
-        ConfidentTeacher("T = 4's accuracies made up", _with(T4=lambda a: _shift(a["T4"], 2))),
+        ConfidentTeacher("T = 4's accuracies made up", _with(T4=lambda a: shift(a["T4"], 2))),
         ConfidentTeacher("the chapter's teacher's mass", _with(mass=0.0149)),
         ConfidentTeacher("too few seeds", _with(seeds=[0, 1, 2], T1=lambda a: a["T1"][:3], T4=lambda a: a["T4"][:3])),
         {"mass": 0.2, "seeds": [0, 1, 2, 3, 4]},  # keys missing

@@ -7,11 +7,10 @@ For every checker: a correct answer passes, plausible wrong answers fail (with a
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
 
 import numpy as np
 import torch
-from checks import answer_tests
+from checks import LazyAnswer, answer_tests, shift
 
 from kdedu import check, experiment
 
@@ -51,29 +50,9 @@ def _ablation_runs() -> dict:
             "verdict": experiment.compare(annealing, no_annealing)["verdict"]}
 
 
-class Ablation(Mapping):
-    """An answer to 08.ablation, made from the correct one by ``change`` when it is first read (so collecting the
-    tests trains nothing)."""
-
-    def __init__(self, what: str, change=lambda answer: answer):
-        self.what, self.change, self._answer = what, change, None
-
-    def _get(self) -> dict:
-        if self._answer is None:
-            self._answer = self.change(dict(_ablation_runs()))
-        return self._answer
-
-    def __getitem__(self, key):
-        return self._get()[key]
-
-    def __iter__(self):
-        return iter(self._get())
-
-    def __len__(self):
-        return len(self._get())
-
-    def __repr__(self):
-        return f"<08.ablation answer: {self.what}>"
+def Ablation(what: str, change=lambda answer: answer) -> LazyAnswer:
+    """An answer made from the correct one by ``change`` when it is first read (tests/checks.py)."""
+    return LazyAnswer(_ablation_runs, what, change)
 
 
 def _with(**changes):
@@ -88,11 +67,6 @@ def _with(**changes):
 
 def _other_verdict(answer):
     return next(v for v in ("better", "worse", "no clear difference") if v != answer["verdict"])
-
-
-def _shift(values, digits):
-    """Every accuracy moved by a few test digits (the other way where that would leave [0, 1])."""
-    return [v + digits / 360 if 0 <= v + digits / 360 <= 1 else v - digits / 360 for v in values]
 
 
 CORRECT = {
@@ -137,8 +111,8 @@ WRONG = {
     "08.effective-T": [3, 5, 8, 4, 14, "six"],
     "08.ablation": [
         Ablation("the verdict of another comparison", _with(verdict=_other_verdict)),
-        Ablation("the ablation's accuracies made up", _with(no_annealing=lambda a: _shift(a["no_annealing"], 2))),
-        Ablation("Annealing KD's accuracies made up", _with(annealing=lambda a: _shift(a["annealing"], -2))),
+        Ablation("the ablation's accuracies made up", _with(no_annealing=lambda a: shift(a["no_annealing"], 2))),
+        Ablation("Annealing KD's accuracies made up", _with(annealing=lambda a: shift(a["annealing"], -2))),
         Ablation("trained at another learning rate than the one stated", _with(lr=1e-2)),
         Ablation("the ablation's list copied from Annealing KD", _with(no_annealing=lambda a: list(a["annealing"]))),
         Ablation("percentages", _with(annealing=lambda a: [100 * v for v in a["annealing"]],
@@ -173,7 +147,7 @@ def test_targeted_messages():
 
 
 def test_ablation_messages():
-    wrong = {a.what: a for a in WRONG["08.ablation"] if isinstance(a, Ablation)}
+    wrong = {a.what: a for a in WRONG["08.ablation"] if isinstance(a, LazyAnswer)}
     expected = {
         "the verdict of another comparison": "not what experiment.compare says",
         "the ablation's accuracies made up": "the ablation (tau_max=1, k=10)",

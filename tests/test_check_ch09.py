@@ -7,12 +7,11 @@ For every checker: a correct answer passes, plausible wrong answers fail (with a
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from checks import answer_tests
+from checks import LazyAnswer, answer_tests, shift
 
 from kdedu import check, losses
 
@@ -83,38 +82,13 @@ def _transfer_runs() -> dict:
     return {"seeds": seeds, "labels": [accuracy(False, s) for s in seeds], "mse": [accuracy(True, s) for s in seeds]}
 
 
-class Transfer(Mapping):
-    """An answer to 09.transfer-set, made from the correct one by ``change`` when it is first read (so collecting
-    the tests trains nothing)."""
-
-    def __init__(self, what: str, change=lambda answer: answer):
-        self.what, self.change, self._answer = what, change, None
-
-    def _get(self) -> dict:
-        if self._answer is None:
-            self._answer = self.change(dict(_transfer_runs()))
-        return self._answer
-
-    def __getitem__(self, key):
-        return self._get()[key]
-
-    def __iter__(self):
-        return iter(self._get())
-
-    def __len__(self):
-        return len(self._get())
-
-    def __repr__(self):
-        return f"<09.transfer-set answer: {self.what}>"
+def Transfer(what: str, change=lambda answer: answer) -> LazyAnswer:
+    """An answer made from the correct one by ``change`` when it is first read (tests/checks.py)."""
+    return LazyAnswer(_transfer_runs, what, change)
 
 
 def _with(**changes):
     return lambda answer: {**answer, **{k: (v(answer) if callable(v) else v) for k, v in changes.items()}}
-
-
-def _shift(values, sentences):
-    """Every accuracy moved by a few test sentences (the other way where that would leave [0, 1])."""
-    return [v + sentences / 500 if 0 <= v + sentences / 500 <= 1 else v - sentences / 500 for v in values]
 
 
 CORRECT = {
@@ -165,8 +139,8 @@ WRONG = {
         lambda L, H, I, V, P: "many",
     ],
     "09.transfer-set": [
-        Transfer("the distilled accuracies made up", _with(mse=lambda a: _shift(a["mse"], 3))),
-        Transfer("the labels-only accuracies made up", _with(labels=lambda a: _shift(a["labels"], -3))),
+        Transfer("the distilled accuracies made up", _with(mse=lambda a: shift(a["mse"], 3, 500))),
+        Transfer("the labels-only accuracies made up", _with(labels=lambda a: shift(a["labels"], -3, 500))),
         Transfer("the two lists swapped", _with(labels=lambda a: a["mse"], mse=lambda a: a["labels"])),
         Transfer("one list copied into the other", _with(labels=lambda a: list(a["mse"]))),
         Transfer("percentages", _with(labels=lambda a: [100 * v for v in a["labels"]],
@@ -210,7 +184,7 @@ def test_every_chapter_09_exercise_is_tested():
 
 
 def test_transfer_set_messages():
-    wrong = {a.what: a for a in WRONG["09.transfer-set"] if isinstance(a, Transfer)}
+    wrong = {a.what: a for a in WRONG["09.transfer-set"] if isinstance(a, LazyAnswer)}
     expected = {
         "the distilled accuracies made up": "the distilled BiLSTM (LogitMSE",
         "the labels-only accuracies made up": "the labels-only BiLSTM (Supervised)",

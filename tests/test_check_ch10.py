@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Mapping
 
 import numpy as np
 import pytest
 import torch
-from checks import answer_tests
+from checks import LazyAnswer, answer_tests, shift
 
 from kdedu import check, experiment, losses
 from kdedu.check import ch10
@@ -133,29 +132,9 @@ def _pkd_last_runs(setting_key: str = "tiny") -> dict:
     return {"seeds": seeds, "last": last, "skip": skip, "verdict": experiment.compare(last, skip)["verdict"]}
 
 
-class PkdLast(Mapping):
-    """An answer to 10.pkd-last, made from the correct one by ``change`` when it is first read (so collecting the
-    tests trains nothing)."""
-
-    def __init__(self, what: str, change=lambda answer: answer):
-        self.what, self.change, self._answer = what, change, None
-
-    def _get(self) -> dict:
-        if self._answer is None:
-            self._answer = self.change(dict(_pkd_last_runs()))
-        return self._answer
-
-    def __getitem__(self, key):
-        return self._get()[key]
-
-    def __iter__(self):
-        return iter(self._get())
-
-    def __len__(self):
-        return len(self._get())
-
-    def __repr__(self):
-        return f"<10.pkd-last answer: {self.what}>"
+def PkdLast(what: str, change=lambda answer: answer) -> LazyAnswer:
+    """An answer made from the correct one by ``change`` when it is first read (tests/checks.py)."""
+    return LazyAnswer(_pkd_last_runs, what, change)
 
 
 def _with(**changes):
@@ -172,11 +151,6 @@ def _other_verdict(answer):
     return next(v for v in ("better", "worse", "no clear difference") if v != answer["verdict"])
 
 
-def _shift(values, sentences):
-    """Every accuracy moved by a few test sentences (the other way where that would leave [0, 1])."""
-    return [v + sentences / 500 if 0 <= v + sentences / 500 <= 1 else v - sentences / 500 for v in values]
-
-
 CORRECT["10.pkd-last"] = [
     PkdLast("as the chapter's solution makes it"),
     PkdLast("arrays and tuples", _with(seeds=lambda a: tuple(a["seeds"]), last=lambda a: np.array(a["last"]),
@@ -185,8 +159,8 @@ CORRECT["10.pkd-last"] = [
 ]
 WRONG["10.pkd-last"] = [
     PkdLast("the verdict of another comparison", _with(verdict=_other_verdict)),
-    PkdLast("PKD-Last's accuracies made up", _with(last=lambda a: _shift(a["last"], 3))),
-    PkdLast("PKD-Skip's accuracies made up", _with(skip=lambda a: _shift(a["skip"], -3))),
+    PkdLast("PKD-Last's accuracies made up", _with(last=lambda a: shift(a["last"], 3, 500))),
+    PkdLast("PKD-Skip's accuracies made up", _with(skip=lambda a: shift(a["skip"], -3, 500))),
     PkdLast("the PKD-Skip list copied into PKD-Last", _with(last=lambda a: list(a["skip"]))),
     PkdLast("percentages", _with(last=lambda a: [100 * v for v in a["last"]],
                                  skip=lambda a: [100 * v for v in a["skip"]])),
@@ -218,7 +192,7 @@ def test_pkd_last_with_the_chapter_teacher(monkeypatch):
         answer = _pkd_last_runs("chapter")
         result = _verdict("10.pkd-last", answer)
         assert result, result.message
-        assert not _verdict("10.pkd-last", {**answer, "last": _shift(answer["last"], 3)})
+        assert not _verdict("10.pkd-last", {**answer, "last": shift(answer["last"], 3, 500)})
     finally:
         _clear_caches()
 

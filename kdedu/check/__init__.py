@@ -194,11 +194,13 @@ def answer_seeds(answer, min_seeds: int = 5) -> list[int]:
     return seeds
 
 
-def answer_accuracies(name: str, values, n: int, n_test: int = N_TEST) -> list[float]:
+def answer_accuracies(name: str, values, n: int, n_test: int = N_TEST, unit: str = "test examples") -> list[float]:
     """``values``: n test accuracies, one per seed, each a fraction of the ``n_test`` test examples (the 360 test
-    digits by default); ``name`` says where."""
+    digits by default; ``unit`` names them in messages, e.g. "test sentences"); ``name`` says where."""
+    from collections.abc import Mapping
+
     values = values.tolist() if hasattr(values, "tolist") else values
-    if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
+    if isinstance(values, (str, bytes, Mapping)) or not hasattr(values, "__len__"):
         raise Wrong(f"{name} should be a list of per-seed accuracies, got {type(values).__name__}.")
     out = [answer_number(f"an entry of {name}", v) for v in values]
     if len(out) != n:
@@ -207,7 +209,7 @@ def answer_accuracies(name: str, values, n: int, n_test: int = N_TEST) -> list[f
     if any(v > 1 for v in out) and all(0 <= v <= 100 for v in out):
         raise Wrong(f"{name} looks like percentages; give accuracies as fractions, as evaluate returns them.")
     if any(not 0 <= v <= 1 or abs(v * n_test - round(v * n_test)) > 1e-4 for v in out):
-        raise Wrong(f"{name} holds values that are not accuracies on the {n_test} test examples (a whole number "
+        raise Wrong(f"{name} holds values that are not accuracies on the {n_test} {unit} (a whole number "
                     f"of them right, divided by {n_test}).")
     return out
 

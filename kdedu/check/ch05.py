@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 import torch
 
-from kdedu.check import Wrong, close, function, register, same_tensor
+from kdedu.check import Wrong, answer_accuracies, close, function, register, same_tensor
 
 
 def _ch05_shift_reference(x: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
@@ -139,30 +139,8 @@ def permutation_accuracy(architecture: str, perm: tuple[int, ...] | None, seed: 
     return float(evaluate(net, DataLoader(TensorDataset(pixels(test.x), test.y), batch_size=512))["acc"])
 
 
-def _ch05_number(name: str, value) -> float:
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise Wrong(f"{name} should be a number, got {type(value).__name__}.")
-    return float(value)
 
 
-def _ch05_list(name: str, values, n: int) -> list[float]:
-    if hasattr(values, "tolist"):  # a tensor or a numpy array
-        values = values.tolist()
-    if isinstance(values, (str, bytes, Mapping)) or not hasattr(values, "__len__"):
-        raise Wrong(f"{name} should be a list of per-seed accuracies, got {type(values).__name__}.")
-    out = [_ch05_number(f"an entry of {name}", v) for v in values]
-    if len(out) != n:
-        raise Wrong(f"{name} has {len(out)} values for {n} seeds: give one accuracy per seed, in the order of "
-                    'answer["seeds"].')
-    if any(v > 1 for v in out) and all(0 <= v <= 100 for v in out):
-        raise Wrong(f"{name} looks like percentages; give accuracies as fractions between 0 and 1.")
-    n_test = PERMUTATION_SETTING["n_test"]
-    if any(not 0 <= v <= 1 for v in out) or any(abs(v * n_test - round(v * n_test)) > 1e-4 for v in out):
-        raise Wrong(f"{name} holds values that are not accuracies on the {n_test} test digits (a whole number of "
-                    f"digits right, divided by {n_test}).")
-    return out
 
 
 def _ch05_perm(perm) -> tuple[int, ...]:
@@ -213,7 +191,8 @@ def _check_05_permutation(answer):
         if not isinstance(part, Mapping) or any(key not in part for key in (*_RUNS, "verdict")):
             raise Wrong(f'answer["{arch}"] should be a dict with the keys ordinary, permuted and verdict.')
         for run in _RUNS:
-            runs[arch, run] = _ch05_list(f'answer["{arch}"]["{run}"]', part[run], n)
+            runs[arch, run] = answer_accuracies(f'answer["{arch}"]["{run}"]', part[run], n,
+                                                PERMUTATION_SETTING["n_test"], "test digits")
         if runs[arch, "ordinary"] == runs[arch, "permuted"]:
             raise Wrong(f'answer["{arch}"]: the two lists are the same, seed by seed; the permuted digits are a '
                         "different training run.")

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 import torch
 
-from kdedu.check import Wrong, close, function, register, same_tensor
+from kdedu.check import Wrong, answer_number, close, function, register, same_tensor
 
 
 def _ch06_logits(seed: int, members: int = 4, n: int = 200, c: int = 10) -> list[torch.Tensor]:
@@ -133,12 +133,6 @@ def diversity_measures(seed: int) -> dict[str, dict[str, float]]:
     return out
 
 
-def _ch06_number(name: str, value) -> float:
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise Wrong(f"{name} should be a number, got {type(value).__name__}.")
-    return float(value)
 
 
 def _ch06_list(name: str, values, n: int) -> list[float]:
@@ -146,7 +140,7 @@ def _ch06_list(name: str, values, n: int) -> list[float]:
         values = values.tolist()
     if isinstance(values, (str, bytes, Mapping)) or not hasattr(values, "__len__"):
         raise Wrong(f'answer["{name}"] should be a list of per-seed diversities, got {type(values).__name__}.')
-    out = [_ch06_number(f'an entry of answer["{name}"]', v) for v in values]
+    out = [answer_number(f'an entry of answer["{name}"]', v) for v in values]
     if len(out) != n:
         raise Wrong(f'answer["{name}"] has {len(out)} values for {n} seeds: give one diversity per seed, in the order '
                     'of answer["seeds"].')

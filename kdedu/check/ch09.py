@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from kdedu.check import Wrong, function, register, same_tensor
+from kdedu.check import Wrong, answer_accuracies, function, register, same_tensor
 
 
 def _ch09_indices(name: str, got) -> list[int]:
@@ -233,31 +233,8 @@ def transfer_accuracy(distil: bool, seed: int) -> float:
     return float(evaluate(student, test_loader)["acc"])
 
 
-def _ch09_number(name: str, value) -> float:
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise Wrong(f"{name} should be a number, got {value!r}.")
-    return float(value)
 
 
-def _ch09_accuracies(name: str, values, n: int) -> list[float]:
-    if hasattr(values, "tolist"):  # a tensor or a numpy array
-        values = values.tolist()
-    if isinstance(values, (str, bytes, Mapping)) or not hasattr(values, "__len__"):
-        raise Wrong(f'answer["{name}"] should be a list of per-seed accuracies, got {type(values).__name__}.')
-    out = [_ch09_number(f'an entry of answer["{name}"]', v) for v in values]
-    if len(out) != n:
-        raise Wrong(f'answer["{name}"] has {len(out)} values for {n} seeds: give one accuracy per seed, in the '
-                    'order of answer["seeds"].')
-    n_test = TRANSFER_SETTING["n_test"]
-    if any(v > 1 for v in out) and all(0 <= v <= 100 for v in out):
-        raise Wrong(f'answer["{name}"] looks like percentages; give accuracies as fractions, as experiment.run '
-                    "returns them.")
-    if any(not 0 <= v <= 1 or abs(v * n_test - round(v * n_test)) > 1e-3 for v in out):
-        raise Wrong(f'answer["{name}"] holds values that are not accuracies on the {n_test} test sentences (a whole '
-                    f"number of sentences right, divided by {n_test}).")
-    return out
 
 
 @register("09.transfer-set", hint="the two runs are the chapter's BiLSTM runs with other loaders and another number "
@@ -282,8 +259,8 @@ def _check_09_transfer_set(answer):
         raise Wrong(f'answer["seeds"] = {seeds}: give the chapter\'s bilstm_seeds, at least {s["min_seeds"]} distinct '
                     "ones.")
     n = len(seeds)
-    labels = _ch09_accuracies("labels", answer["labels"], n)
-    mse = _ch09_accuracies("mse", answer["mse"], n)
+    labels = answer_accuracies('answer["labels"]', answer["labels"], n, TRANSFER_SETTING["n_test"], "test sentences")
+    mse = answer_accuracies('answer["mse"]', answer["mse"], n, TRANSFER_SETTING["n_test"], "test sentences")
     if labels == mse:
         raise Wrong("the two lists are the same, seed by seed: the labels-only BiLSTM and the distilled one are two "
                     "different training runs.")

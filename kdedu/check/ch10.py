@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 import torch
 
-from kdedu.check import Wrong, function, register, same_tensor
+from kdedu.check import Wrong, answer_accuracies, function, register, same_tensor
 
 
 def _as_dict(name: str, got) -> dict[int, int]:
@@ -171,30 +171,8 @@ def pkd_accuracy(layer_map: tuple, seed: int) -> float:
     return correct / n
 
 
-def _ch10_number(name: str, value) -> float:
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise Wrong(f"{name} should be a number, got {type(value).__name__}.")
-    return float(value)
 
 
-def _ch10_accuracies(name: str, values, n: int, n_test: int) -> list[float]:
-    if hasattr(values, "tolist"):  # a tensor or a numpy array
-        values = values.tolist()
-    if isinstance(values, (str, bytes, Mapping)) or not hasattr(values, "__len__"):
-        raise Wrong(f'answer["{name}"] should be a list of per-seed accuracies, got {type(values).__name__}.')
-    out = [_ch10_number(f'an entry of answer["{name}"]', v) for v in values]
-    if len(out) != n:
-        raise Wrong(f'answer["{name}"] has {len(out)} values for {n} seeds: give one accuracy per seed, in the '
-                    'order of answer["seeds"].')
-    if any(v > 1 for v in out) and all(0 <= v <= 100 for v in out):
-        raise Wrong(f'answer["{name}"] looks like percentages; give accuracies as fractions, as experiment.run '
-                    "returns them.")
-    if any(not 0 <= v <= 1 or abs(v * n_test - round(v * n_test)) > 1e-4 for v in out):
-        raise Wrong(f'answer["{name}"] holds values that are not accuracies on the {n_test} test sentences (a whole '
-                    f"number of sentences right, divided by {n_test}).")
-    return out
 
 
 @register("10.pkd-last", hint="the experiment is one more experiment.run over the chapter's live seeds, built like the "
@@ -221,8 +199,8 @@ def _check_10_pkd_last(answer):
         raise Wrong(f'answer["seeds"] = {seeds}: give the chapter\'s live seeds, at least {s["min_seeds"]} distinct '
                     "ones.")
     n = len(seeds)
-    last = _ch10_accuracies("last", answer["last"], n, s["n_test"])
-    skip = _ch10_accuracies("skip", answer["skip"], n, s["n_test"])
+    last = answer_accuracies('answer["last"]', answer["last"], n, s["n_test"], "test sentences")
+    skip = answer_accuracies('answer["skip"]', answer["skip"], n, s["n_test"], "test sentences")
     if last == skip:
         raise Wrong("the two lists are the same, seed by seed: PKD-Last is a different training run from the "
                     "chapter's PKD (PKD-Skip); check the layer map you trained with.")

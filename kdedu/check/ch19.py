@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import torch
 
-from kdedu.check import Wrong, close, function, register, same_tensor
+from kdedu.check import Wrong, answer_number, close, function, register, same_tensor
 
 
 def _ch19_per_logit(measure, n: int = 32, v: int = 1024) -> float:
@@ -149,12 +149,6 @@ def _ch19_logits(shape, dtype, seed: int, requires_grad: bool = True) -> tuple[t
     return s, t
 
 
-def _ch19_scalar(name: str, value) -> float:
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise Wrong(f"{name} should be a number, got {type(value).__name__}.")
-    return float(value)
 
 
 def _ch19_reverse_value_and_grad(fn) -> None:
@@ -219,8 +213,8 @@ def _check_19_reverse_kl(answer):
         raise Wrong(f"the answer lacks the key(s) {', '.join(missing)}.")
     fn = answer["loss"]
     function('answer["loss"], a function loss(s, t, T)', fn)
-    held_said, eager_said = _ch19_scalar('answer["held"]', answer["held"]), \
-        _ch19_scalar('answer["eager_held"]', answer["eager_held"])
+    held_said, eager_said = answer_number('answer["held"]', answer["held"]), \
+        answer_number('answer["eager_held"]', answer["eager_held"])
     _ch19_reverse_value_and_grad(fn)
 
     # the measurement, again: bf16 logits of the exercise's shape at T = 2

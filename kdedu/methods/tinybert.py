@@ -22,7 +22,8 @@ class TinyBERTKD(TransformerDistiller):
     * ``"embedding"`` = ``embedding_weight`` MSE(E^S W_e, E^T)  (:func:`kdedu.losses.tinybert_embedding_loss`,
       eq. 10);
     * ``"attention"`` = ``attention_weight`` sum_m MSE(A^S_m, A^T_g(m)) over the attention maps (eq. 7-8;
-      softmax maps, same number of heads needed);
+      the post-softmax maps that HF models return, where the paper fits the unnormalised scores QK^T/sqrt(d);
+      same number of heads needed);
     * ``"hidden"`` = ``hidden_weight`` sum_m MSE(H^S_m W_h, H^T_g(m))  (eq. 9);
     * ``"kd"`` = ``alpha`` :func:`kdedu.losses.kd_loss` at ``T`` (eq. 11 is the soft cross-entropy; the KL
       differs by the teacher's entropy, a constant, and by the T^2 factor, which is 1 at the paper's

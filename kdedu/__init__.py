@@ -10,7 +10,7 @@ import importlib as _importlib
 __version__ = "0.1.0"
 
 _SUBMODULES = ("losses", "kernels", "models", "data", "methods", "train", "zoo", "profile", "check", "viz",
-               "widgets", "experiment", "outputs", "stats", "hf")
+               "widgets", "experiment", "outputs", "stats", "hf", "metrics")
 _FROM_TRAIN = ("Distiller", "History", "fit", "evaluate", "predict", "seed_everything")
 
 __all__ = ["losses", "models", "data", "methods", "zoo", "profile", "check", "viz", "widgets", "experiment",

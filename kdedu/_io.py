@@ -1,10 +1,16 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of one."""
+"""Where kdedu keeps what it computes once (:func:`cache_dir`), and atomic file writes: a reader sees the old
+file or the new one, never half of one."""
 
 from __future__ import annotations
 
 import os
 import tempfile
 from pathlib import Path
+
+
+def cache_dir() -> Path:
+    """``$KDEDU_CACHE`` if set, else ``~/.cache/kdedu``."""
+    return Path(os.environ.get("KDEDU_CACHE", Path.home() / ".cache" / "kdedu"))
 
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:

@@ -51,9 +51,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kdedu._io import atomic_write
+from kdedu._io import atomic_write, cache_dir
 from kdedu.stats import compare, compare_family, holm, min_detectable_effect, verdict_sentence
-from kdedu.zoo import cache_dir
 
 __all__ = ["RunResult", "run", "compare", "compare_family", "holm", "min_detectable_effect", "verdict_sentence",
            "table", "StoredResult", "stored", "provenance", "results_mode", "results_dir"]

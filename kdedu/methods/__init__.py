@@ -6,7 +6,22 @@ from kdedu.methods.born_again import born_again, ensemble_logits
 from kdedu.methods.ckd import CKD, contiguous_groups
 from kdedu.methods.distilbert import DistilBERTKD
 from kdedu.methods.kd import KD, Supervised
+from kdedu.methods.mate_kd import MATEKD, AdversarialKD, gumbel_softmax
+from kdedu.methods.metadistil import MetaDistil, TeacherTop, quiz_split
+from kdedu.methods.minimax_knn import MinimaxKNN, NeighbourKD, TeacherRows, index_loader, most_divergent, teacher_rows
+from kdedu.methods.mlm import MaskedLMTraining
+from kdedu.methods.multi_teacher import MultiTeacher, Retokenized, average_stores, average_teachers
+from kdedu.methods.nat import NATLoss
 from kdedu.methods.pkd import PKD
+from kdedu.methods.seqkd import (
+    SeqInter,
+    SeqKD,
+    WordKD,
+    seq_inter_choice,
+    seq_kd_dataset,
+    sequence_kl,
+    teacher_beams,
+)
 from kdedu.methods.takd import TAKDResult, takd
 from kdedu.methods.teacher_free import LabelSmoothing, VirtualTeacherKD
 from kdedu.methods.teacher_outputs import (
@@ -21,4 +36,10 @@ from kdedu.methods.tinybert import TinyBERTKD
 
 __all__ = ["Supervised", "KD", "LabelSmoothing", "VirtualTeacherKD", "born_again", "ensemble_logits", "AnnealingKD",
            "takd", "TAKDResult", "TeacherBatch", "TransformerDistiller", "teacher_outputs", "precompute_teacher",
-           "skip_map", "uniform_map", "DistilBERTKD", "PKD", "TinyBERTKD", "CKD", "contiguous_groups", "ALPKD"]
+           "skip_map", "uniform_map", "DistilBERTKD", "PKD", "TinyBERTKD", "CKD", "contiguous_groups", "ALPKD",
+           "MATEKD", "AdversarialKD", "gumbel_softmax", "MaskedLMTraining",
+           "MetaDistil", "TeacherTop", "quiz_split", "MultiTeacher", "average_teachers", "Retokenized",
+           "average_stores"]
+__all__ += ["WordKD", "SeqKD", "SeqInter", "seq_kd_dataset", "teacher_beams", "seq_inter_choice", "sequence_kl",
+            "NATLoss"]
+__all__ += ["NeighbourKD", "MinimaxKNN", "TeacherRows", "teacher_rows", "most_divergent", "index_loader"]

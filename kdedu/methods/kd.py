@@ -7,6 +7,8 @@ labels equal to ``-100`` (Hugging Face's ``ignore_index``) are skipped.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -41,9 +43,14 @@ def token_rows(logits: torch.Tensor, labels: torch.Tensor | None, inputs=None, c
     """Line up logits and labels row by row, and say which rows count (:func:`keep_rows`).
 
     Returns ``(logits, labels, keep)``; for a causal LM the logits lose their last position. The attention mask
-    counts for token-level logits only (its shape must be the rows').
+    counts for token-level logits only (its shape must be the rows'). For an encoder-decoder batch (one with
+    ``decoder_input_ids``) the rows are target positions: the source's ``attention_mask`` says nothing about
+    them, so only ``decoder_attention_mask`` (if given) and the labels decide.
     """
-    mask = attention_mask_of(inputs, model) if inputs is not None else None
+    if isinstance(inputs, Mapping) and inputs.get("decoder_input_ids") is not None:
+        mask = inputs.get("decoder_attention_mask")
+    else:
+        mask = attention_mask_of(inputs, model) if inputs is not None else None
     if causal_lm:
         if logits.dim() != 3:
             raise ValueError(f"a causal LM's logits must be (B, L, V), got {tuple(logits.shape)}")

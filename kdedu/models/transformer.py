@@ -106,24 +106,28 @@ def _network_available(host: str = "huggingface.co", port: int = 443, timeout_s:
 
 
 def load_encoder(name_or_path: str | os.PathLike, attn_implementation: str = "eager", eval_mode: bool = True,
-                 timeout_s: float = 3.0):
+                 timeout_s: float = 3.0, auto_class: str = "AutoModel"):
     """Any ``transformers`` encoder and its tokenizer: a local checkpoint folder, or a hub name.
 
     A local folder (or a hub name already in the local cache) is loaded with ``local_files_only=True``.
     Otherwise the hub is tried only if ``huggingface.co`` answers within ``timeout_s`` seconds (and
     ``HF_HUB_OFFLINE`` is not set); without a network this fails at once with a message saying what
-    to do, instead of hanging in retries. Returns ``(model, tokenizer)``.
+    to do, instead of hanging in retries. Returns ``(model, tokenizer)``. ``auto_class`` names the ``transformers``
+    Auto class that builds the model (``"AutoModelForMaskedLM"`` for a model with its MLM head).
     """
     if not isinstance(name_or_path, (str, os.PathLike)) or not str(name_or_path):
         raise TypeError(f"name_or_path must be a checkpoint folder or a hub name, got {name_or_path!r}")
-    from transformers import AutoModel, AutoTokenizer
+    import transformers
+    from transformers import AutoTokenizer
 
+    if not (isinstance(auto_class, str) and auto_class.startswith("AutoModel") and hasattr(transformers, auto_class)):
+        raise ValueError(f"auto_class must name a transformers AutoModel class, got {auto_class!r}")
     _quiet_transformers()
     name = str(name_or_path)
     kwargs = {"attn_implementation": attn_implementation}
 
     def load(local_only: bool):
-        model = AutoModel.from_pretrained(name, local_files_only=local_only, **kwargs)
+        model = getattr(transformers, auto_class).from_pretrained(name, local_files_only=local_only, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local_only)
         return (model.eval() if eval_mode else model), tokenizer
 
@@ -313,6 +317,8 @@ class SequenceClassifier(nn.Module):
     ``forward(input_ids, attention_mask=None)`` returns the logits (B, num_classes), so the model works
     with :func:`kdedu.train.fit` on ``(input_ids, labels)`` batches; with ``output_hidden_states`` or
     ``output_attentions`` it returns a :class:`ClassifierOutput` carrying them for the layer losses.
+    ``inputs_embeds`` (B, L, H) replaces ``input_ids`` by word vectors (then ``attention_mask`` is required): how a
+    generator feeds soft tokens ``p · E`` to a classifier (MATE-KD, :class:`kdedu.methods.MATEKD`).
 
     Args:
         encoder: e.g. the model from :func:`load_minilm`, :func:`student_from_teacher` or :func:`small_bert`.
@@ -336,14 +342,18 @@ class SequenceClassifier(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(config.hidden_size, num_classes)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, output_hidden_states: bool = False,
-                output_attentions: bool = False):
-        _check_ids(input_ids)
-        if attention_mask is None:
-            attention_mask = _mask_from_ids(input_ids, self.pad_token_id)   # (B, L)
+                output_attentions: bool = False, inputs_embeds: torch.Tensor | None = None):
+        if inputs_embeds is None:  # token ids (the usual case)
+            _check_ids(input_ids)
+            if attention_mask is None:
+                attention_mask = _mask_from_ids(input_ids, self.pad_token_id)   # (B, L)
+        elif input_ids is not None or attention_mask is None:
+            raise ValueError("give either input_ids, or inputs_embeds (B, L, H) with their attention_mask (B, L)")
         out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                           output_hidden_states=output_hidden_states, output_attentions=output_attentions)
+                           output_hidden_states=output_hidden_states, output_attentions=output_attentions,
+                           inputs_embeds=inputs_embeds)
         h = out.last_hidden_state                                           # (B, L, H)
         if self.pooling == "cls":
             pooled = h[:, 0]                                                # (B, H)

@@ -245,4 +245,4 @@ def retrain_tolerance() -> float:
 
 
 # the chapters' exercises register themselves on import
-from kdedu.check import ch01, ch02, ch03, ch04, ch05, ch06, ch07, ch08, ch09, ch10, ch19  # noqa: E402, F401
+from kdedu.check import ch01, ch02, ch03, ch04, ch05, ch06, ch07, ch08, ch09, ch10, ch11, ch12, ch17, ch19  # noqa: E402, F401

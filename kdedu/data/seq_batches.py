@@ -26,7 +26,7 @@ from collections import Counter
 import torch
 from torch.utils.data import DataLoader
 
-from kdedu.data.text import _hub_reachable, batch_loader
+from kdedu.data.text import _check_split_limit, _hub_reachable, _local_rows, batch_loader
 from kdedu.data.translation import DOMAINS, LANGUAGES, TranslationSplit, _as_tuple
 
 __all__ = ["SeqVocab", "translation_vocab", "translation_loader", "translation_pairs", "PAD", "BOS", "EOS", "UNK"]
@@ -174,25 +174,14 @@ def translation_pairs(name: str = "wmt16", config: str = "ro-en", split: str = "
 
     Needs the ``datasets`` package; without a network it fails at once and says what to do.
     """
-    split = "validation" if split == "val" else split
-    if split not in ("train", "validation", "test"):
-        raise ValueError(f"split must be 'train', 'validation' (or 'val') or 'test', got {split!r}")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
+    split, limit = _check_split_limit(split, limit)
     try:
         import datasets
     except ImportError:
         raise ImportError("translation_pairs() needs the Hugging Face `datasets` package: `pip install datasets`. "
                           "Offline, use the grammar corpora of kdedu.data.translation().") from None
     if data_files is not None:
-        path = os.fspath(data_files)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"data_files: no such file {path!r}")
-        ext = path.rsplit(".", 1)[-1].lower()
-        builder = {"parquet": "parquet", "json": "json", "jsonl": "json"}.get(ext)
-        if builder is None:
-            raise ValueError(f"data_files must end in .jsonl, .json or .parquet, got {path!r}")
-        ds = datasets.load_dataset(builder, data_files=path, split="train")
+        ds = _local_rows(datasets, data_files, ("jsonl", "json", "parquet"))
     elif not _hub_reachable(timeout_s):
         raise RuntimeError(f"{name}/{config} cannot be downloaded: the Hugging Face hub cannot be reached (no network, "
                            f"or HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set). Use the offline grammar corpora "

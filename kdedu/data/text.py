@@ -358,6 +358,29 @@ class LengthGroupedBatches(Sampler):
 # --------------------------------------------------------------------------------------------
 # SST-2 (GLUE) through Hugging Face `datasets`: the `full` profile
 # --------------------------------------------------------------------------------------------
+
+def _check_split_limit(split: str, limit) -> tuple:
+    """``(split, limit)`` of an online loader, checked: ``"val"`` means ``"validation"``."""
+    split = "validation" if split == "val" else split
+    if split not in ("train", "validation", "test"):
+        raise ValueError(f"split must be 'train', 'validation' (or 'val') or 'test', got {split!r}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
+    return split, limit
+
+
+def _local_rows(datasets, data_files, extensions: tuple):
+    """A local file (one of ``extensions``) read by ``datasets``: nothing is downloaded."""
+    path = os.fspath(data_files)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"data_files: no such file {path!r}")
+    ext = path.rsplit(".", 1)[-1].lower()
+    if ext not in extensions:
+        raise ValueError(f"data_files must end in {', '.join('.' + e for e in extensions)}, got {path!r}")
+    builder = {"tsv": "csv", "jsonl": "json"}.get(ext, ext)
+    extra = {"delimiter": "\t"} if ext == "tsv" else {}
+    return datasets.load_dataset(builder, data_files=path, split="train", **extra)
+
 def _hub_reachable(timeout_s: float) -> bool:
     if any(os.environ.get(v, "0").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
         return False
@@ -383,26 +406,14 @@ def sst2(split: str = "train", data_files: str | os.PathLike | None = None, limi
     Needs the ``datasets`` package (``pip install datasets``, or ``pip install 'kdedu[text]'``). Without a
     network it fails at once with what to do; a copy in the ``datasets`` cache is used if there is one.
     """
-    split = "validation" if split == "val" else split
-    if split not in ("train", "validation", "test"):
-        raise ValueError(f"split must be 'train', 'validation' (or 'val') or 'test', got {split!r}")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
+    split, limit = _check_split_limit(split, limit)
     try:
         import datasets
     except ImportError:
         raise ImportError("sst2() needs the Hugging Face `datasets` package: `pip install datasets` "
                           "(or `pip install 'kdedu[text]'`). Offline, use kdedu.data.sentiment().") from None
     if data_files is not None:
-        path = os.fspath(data_files)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"data_files: no such file {path!r}")
-        ext = path.rsplit(".", 1)[-1].lower()
-        builder = {"parquet": "parquet", "csv": "csv", "tsv": "csv", "json": "json", "jsonl": "json"}.get(ext)
-        if builder is None:
-            raise ValueError(f"data_files must end in .parquet, .csv, .tsv, .json or .jsonl, got {path!r}")
-        extra = {"delimiter": "\t"} if ext == "tsv" else {}
-        ds = datasets.load_dataset(builder, data_files=path, split="train", **extra)
+        ds = _local_rows(datasets, data_files, ("parquet", "csv", "tsv", "json", "jsonl"))
     else:
         if _hub_reachable(timeout_s):
             ds = _load_glue(datasets, split, offline=False)

@@ -3,6 +3,7 @@
     python benchmarks/kd_loss.py                 # on a GPU: the full grid; on a CPU: a small smoke run
     python benchmarks/kd_loss.py --out DIR       # where the JSON and Markdown results go
     python benchmarks/kd_loss.py --no-compile    # skip torch.compile (slow to compile on a CPU)
+    python benchmarks/kd_loss.py --loss kd reverse jsd   # also the reverse KL and GKD's JSD (beta = 0.5)
 
 For every size it measures forward + backward of the loss (the student's logits need a gradient, the
 teacher's do not):
@@ -13,6 +14,10 @@ teacher's do not):
 * **bandwidth**: effective GB/s = the compulsory traffic (read student and teacher logits, write the
   student's gradient: 3 elements per logit) divided by the time, and that as a % of the GPU's data-sheet
   DRAM bandwidth (and of a measured device-to-device copy).
+
+``--loss`` picks the divergences (default: ``kd``): ``reverse`` times ``fused_reverse_kd_loss`` (the KD
+kernel with the logits exchanged) and ``jsd`` times ``fused_generalized_jsd_loss`` (three sweeps per row)
+against their eager forms in :mod:`kdedu.kernels.bench` (and Liger-Kernel's JSD on log-probabilities).
 
 The fused linear loss (``lm_head`` projection + KD loss, H = 4096 on a GPU) is compute-bound, so it gets
 TFLOP/s (8·N·V·H flops: two forward projections, two backward matmuls for the student) instead.
@@ -36,12 +41,21 @@ from pathlib import Path
 
 import torch
 
-from kdedu.kernels import backend, bench, fused_kd_loss, fused_linear_kd_loss
+from kdedu.kernels import (
+    backend,
+    bench,
+    fused_generalized_jsd_loss,
+    fused_kd_loss,
+    fused_linear_kd_loss,
+    fused_reverse_kd_loss,
+)
 
 GPU_GRID = {"rows": [4096, 8192], "vocab": [32000, 128256], "hidden": 4096, "reps": 20}
 CPU_GRID = {"rows": [256], "vocab": [4096], "hidden": 256, "reps": 5}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 T = 2.0
+BETA = 0.5  # GKD's JSD
+LOSSES = ("kd", "reverse", "jsd")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -65,6 +79,40 @@ def kd_methods(device: str, compile_: bool) -> dict:
         except Exception as err:  # not installed, or an API that moved
             print(f"Liger-Kernel KL: skipped ({type(err).__name__}: {err})")
     return methods
+
+
+def reverse_methods(device: str, compile_: bool) -> dict:
+    methods = {"eager": bench.eager_reverse_kd_loss}
+    if compile_:
+        methods["torch.compile"] = torch.compile(bench.eager_reverse_kd_loss)
+    methods["kdedu"] = lambda s, t, T: fused_reverse_kd_loss(s, t, T)
+    return methods
+
+
+def jsd_methods(device: str, compile_: bool) -> dict:
+    def eager(s, t, T):
+        return bench.eager_generalized_jsd_loss(s, t, BETA, T)
+
+    methods = {"eager": eager}
+    if compile_:
+        methods["torch.compile"] = torch.compile(eager)
+    methods["kdedu"] = lambda s, t, T: fused_generalized_jsd_loss(s, t, BETA, T)
+    if device == "cuda":
+        try:  # Liger's JSD takes log-probabilities (student first), beta weighing the teacher as in GKD
+            from liger_kernel.transformers.jsd import LigerJSD
+
+            liger_jsd = LigerJSD(beta=BETA)
+
+            def liger(s, t, T):
+                return liger_jsd(torch.log_softmax(s / T, -1), torch.log_softmax(t / T, -1))
+
+            methods["liger JSD (+eager log_softmax)"] = liger
+        except Exception as err:
+            print(f"Liger-Kernel JSD: skipped ({type(err).__name__}: {err})")
+    return methods
+
+
+DIVERGENCES = {"kd": kd_methods, "reverse": reverse_methods, "jsd": jsd_methods}
 
 
 def eager_linear(hs, ws, ht, wt, T):
@@ -136,7 +184,8 @@ def measure(fn, inputs, grads_of, device, reps, hooks=True) -> dict:
         _free(device)
 
 
-def run(device: str, grid: dict, compile_: bool, peak_bw: float | None, copy_bw: float | None) -> list[dict]:
+def run(device: str, grid: dict, compile_: bool, peak_bw: float | None, copy_bw: float | None,
+        which: tuple = ("kd",)) -> list[dict]:
     rows = []
     g = torch.Generator(device=device).manual_seed(0)
     for dname, dtype in DTYPES.items():
@@ -144,8 +193,10 @@ def run(device: str, grid: dict, compile_: bool, peak_bw: float | None, copy_bw:
             for v in grid["vocab"]:
                 s = (3 * torch.randn(n, v, device=device, generator=g)).to(dtype).requires_grad_(True)
                 t = (3 * torch.randn(n, v, device=device, generator=g)).to(dtype)
-                for name, fn in kd_methods(device, compile_).items():
-                    r = {"loss": "kd", "method": name, "dtype": dname, "N": n, "V": v,
+                contenders = [(kind, name, fn) for kind in which
+                              for name, fn in DIVERGENCES[kind](device, compile_).items()]
+                for loss, name, fn in contenders:
+                    r = {"loss": loss, "method": name, "dtype": dname, "N": n, "V": v,
                          **measure(fn, (s, t), (s,), device, grid["reps"], hooks="compile" not in name)}
                     if "ms" in r:
                         compulsory = 3 * s.element_size() * n * v
@@ -157,7 +208,7 @@ def run(device: str, grid: dict, compile_: bool, peak_bw: float | None, copy_bw:
                 del s, t
                 _free(device)
     h = grid["hidden"]
-    for dname, dtype in DTYPES.items():
+    for dname, dtype in (DTYPES.items() if "kd" in which else ()):
         for n in grid["rows"]:
             for v in grid["vocab"]:
                 try:
@@ -196,7 +247,7 @@ def _line(r: dict) -> str:
     size = f"N={r['N']} V={r['V']}" + (f" H={r['H']}" if "H" in r else "")
     if "error" in r:
         return f"{r['loss']:9s} {r['dtype']} {size:28s} {r['method']:34s} {r['error']}"
-    if r["loss"] == "kd":
+    if r["loss"] in DIVERGENCES:
         extra = f"{_fmt(r.get('eff_GBps'), '8.1f')} GB/s"
     else:
         extra = f"{_fmt(r.get('TFLOPs'), '7.2f')} TFLOP/s"
@@ -210,20 +261,25 @@ def markdown(meta: dict, rows: list[dict]) -> str:
            f"peak bandwidth: {meta['peak_bandwidth']} · measured copy: {_fmt(meta['copy_GBps'], '.0f')} GB/s", ""]
     if meta["smoke"]:
         out += ["**Smoke run on a CPU**: tiny sizes, says nothing about GPU performance.", ""]
-    out += ["## KD loss (forward + backward)", "",
-            "| dtype | N | V | method | time (ms) | peak extra (MiB) | held for backward (MiB) | eff. GB/s "
-            "| % peak BW |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in rows:
-        if r["loss"] != "kd":
-            continue
-        if "error" in r:
-            out.append(f"| {r['dtype']} | {r['N']} | {r['V']} | {r['method']} | {r['error']} | | | | |")
-            continue
-        out.append(f"| {r['dtype']} | {r['N']} | {r['V']} | {r['method']} | {r['ms']:.3f} | "
-                   f"{_fmt(r['peak_mib'], '.0f')} | {_fmt(r['held_mib'], '.1f')} | {r['eff_GBps']:.1f} | "
-                   f"{_fmt(r['pct_peak_bw'], '.0f')} |")
-    out += ["", f"## Linear projection + KD loss (H = {rows[-1].get('H', '—') if rows else '—'})", "",
+    titles = {"kd": "KD loss", "reverse": "Reverse KL", "jsd": f"Generalized JSD (beta = {BETA})"}
+    for loss in [name for name in DIVERGENCES if any(r["loss"] == name for r in rows)]:
+        out += [f"## {titles[loss]} (forward + backward)", "",
+                "| dtype | N | V | method | time (ms) | peak extra (MiB) | held for backward (MiB) | eff. GB/s "
+                "| % peak BW |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for r in rows:
+            if r["loss"] != loss:
+                continue
+            if "error" in r:
+                out.append(f"| {r['dtype']} | {r['N']} | {r['V']} | {r['method']} | {r['error']} | | | | |")
+                continue
+            out.append(f"| {r['dtype']} | {r['N']} | {r['V']} | {r['method']} | {r['ms']:.3f} | "
+                       f"{_fmt(r['peak_mib'], '.0f')} | {_fmt(r['held_mib'], '.1f')} | {r['eff_GBps']:.1f} | "
+                       f"{_fmt(r['pct_peak_bw'], '.0f')} |")
+        out.append("")
+    if not any(r["loss"] == "linear+kd" for r in rows):
+        return "\n".join(out + _NOTES)
+    out += [f"## Linear projection + KD loss (H = {rows[-1].get('H', '—') if rows else '—'})", "",
             "| dtype | N | V | method | time (ms) | peak extra (MiB) | held for backward (MiB) | TFLOP/s |",
             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
@@ -234,10 +290,12 @@ def markdown(meta: dict, rows: list[dict]) -> str:
             continue
         out.append(f"| {r['dtype']} | {r['N']} | {r['V']} | {r['method']} | {r['ms']:.3f} | "
                    f"{_fmt(r['peak_mib'], '.0f')} | {_fmt(r['held_mib'], '.1f')} | {r['TFLOPs']:.3f} |")
-    out += ["", "Effective GB/s counts the compulsory traffic only (read both logits, write one gradient: "
-            "3 elements per logit); % peak BW divides it by the data-sheet DRAM bandwidth. \"Held for backward\" "
-            "is measured with saved-tensor hooks, which torch.compile's graphs bypass (—).", ""]
-    return "\n".join(out)
+    return "\n".join(out + [""] + _NOTES)
+
+
+_NOTES = ["Effective GB/s counts the compulsory traffic only (read both logits, write one gradient: "
+          "3 elements per logit); % peak BW divides it by the data-sheet DRAM bandwidth. \"Held for backward\" "
+          "is measured with saved-tensor hooks, which torch.compile's graphs bypass (—).", ""]
 
 
 def main(argv=None) -> int:
@@ -245,6 +303,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=None, help="folder for kd_loss-<device>.json/.md")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     p.add_argument("--reps", type=int, default=None, help="timed repetitions per case")
+    p.add_argument("--loss", nargs="+", choices=LOSSES, default=["kd"],
+                   help="divergences to time (default: kd; the fused linear loss runs with kd)")
     args = p.parse_args(argv)
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -269,9 +329,9 @@ def main(argv=None) -> int:
             "torch": torch.__version__, "triton": triton_version, "python": sys.version.split()[0],
             "backend": backend(torch.empty(1, device=device)), "peak_bandwidth": bw_label,
             "peak_Bps": peak_bw, "copy_GBps": None if copy_bw is None else copy_bw / 1e9, "smoke": smoke,
-            "grid": grid, "temperature": T}
+            "grid": grid, "temperature": T, "losses": list(args.loss), "beta": BETA}
     print(f"{name}: peak bandwidth {bw_label}; kdedu backend {meta['backend']}")
-    rows = run(device, grid, not args.no_compile, peak_bw, copy_bw)
+    rows = run(device, grid, not args.no_compile, peak_bw, copy_bw, tuple(args.loss))
 
     out = args.out or (Path(tempfile.mkdtemp(prefix="kdedu-bench-")) if smoke else Path("benchmarks/results"))
     out.mkdir(parents=True, exist_ok=True)

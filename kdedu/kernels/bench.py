@@ -2,7 +2,9 @@
 
 Used by ``benchmarks/kd_loss.py`` and chapter 19. Nothing here is timed in the unit tests.
 
-* :func:`eager_kd_loss` — the loss as most code writes it: ``kl_div(log_softmax(s/T), log_softmax(t/T))``.
+* :func:`eager_kd_loss` — the loss as most code writes it: ``kl_div(log_softmax(s/T), log_softmax(t/T))``;
+  :func:`eager_reverse_kd_loss` and :func:`eager_generalized_jsd_loss` — the reverse KL and GKD's JSD the
+  same way (the JSD as TRL writes it), the eager baselines of the fused divergences.
 * :func:`traffic` — every ATen operator that forward + backward run, with the bytes it reads and writes
   (each operand counted once: a lower bound on the real memory traffic).
 * :func:`held_bytes` — the bytes kept alive between the forward and the backward pass (saved tensors,
@@ -12,6 +14,7 @@ Used by ``benchmarks/kd_loss.py`` and chapter 19. Nothing here is timed in the u
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -22,8 +25,9 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-__all__ = ["eager_kd_loss", "OpTraffic", "traffic", "held_bytes", "time_ms", "peak_bandwidth",
-           "copy_bandwidth", "fused_bytes_per_logit", "GPU_PEAK_BANDWIDTH"]
+__all__ = ["eager_kd_loss", "eager_reverse_kd_loss", "eager_generalized_jsd_loss", "OpTraffic", "traffic",
+           "held_bytes", "time_ms", "peak_bandwidth", "copy_bandwidth", "fused_bytes_per_logit",
+           "GPU_PEAK_BANDWIDTH"]
 
 # Peak DRAM bandwidth in bytes/s from NVIDIA's data sheets, matched against torch.cuda.get_device_name()
 # (first match wins, so more specific names come first).
@@ -50,6 +54,24 @@ def eager_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, te
     log_p_t = F.log_softmax(teacher_logits / t, dim=-1)
     v = student_logits.shape[-1]
     return F.kl_div(log_p_s.reshape(-1, v), log_p_t.reshape(-1, v), reduction="batchmean", log_target=True) * t * t
+
+
+def eager_reverse_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0):
+    """``T^2 KL(p_s || p_t)`` the eager way (``kl_div`` with the two ``log_softmax`` exchanged), batchmean."""
+    return eager_kd_loss(teacher_logits, student_logits, temperature)
+
+
+def eager_generalized_jsd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, beta: float = 0.5,
+                               temperature: float = 1.0):
+    """GKD's ``beta KL(p_t || m) + (1 - beta) KL(p_s || m)``, ``m = beta p_t + (1 - beta) p_s``, ``0 < beta < 1``,
+    no ``T^2``, batchmean, written as TRL writes it (``log m`` by a ``logsumexp`` over a stacked pair)."""
+    v = student_logits.shape[-1]
+    log_p_s = F.log_softmax(student_logits / temperature, dim=-1).reshape(-1, v)
+    log_p_t = F.log_softmax(teacher_logits / temperature, dim=-1).reshape(-1, v)
+    log_m = torch.logsumexp(torch.stack([log_p_s + math.log1p(-beta), log_p_t + math.log(beta)]), dim=0)
+    kl_t = F.kl_div(log_m, log_p_t, reduction="batchmean", log_target=True)
+    kl_s = F.kl_div(log_m, log_p_s, reduction="batchmean", log_target=True)
+    return beta * kl_t + (1.0 - beta) * kl_s
 
 
 @dataclass
@@ -156,13 +178,15 @@ def copy_bandwidth(device="cuda", nbytes: int = 1 << 30, reps: int = 10) -> floa
     return 2 * n * 4 / (ms / 1e3)
 
 
-def fused_bytes_per_logit(element_size: int, second_read: bool = False, teacher_grad: bool = False) -> int:
+def fused_bytes_per_logit(element_size: int, second_read: bool = False, teacher_grad: bool = False,
+                          sweeps: int = 2) -> int:
     """The memory traffic of the fused loss per logit, forward + backward.
 
     Forward: read s and t, write d loss/d s (and d loss/d t if the teacher needs a gradient); if the
-    row does not fit in one tile and misses the cache, s and t are read a second time. Backward: read the
+    row does not fit in one tile and misses the cache, s and t are read again at each later sweep
+    (``sweeps``: 2 for the KD loss and the reverse KL, 3 for the generalized JSD). Backward: read the
     gradient and write it scaled.
     """
     grads = 2 if teacher_grad else 1
-    reads = 2 * (2 if second_read else 1)
+    reads = 2 * (sweeps if second_read else 1)
     return element_size * (reads + grads + 2 * grads)

@@ -1,4 +1,5 @@
-"""The public fused losses: :func:`fused_kd_loss` and :func:`fused_linear_kd_loss`."""
+"""The public fused losses: :func:`fused_kd_loss`, :func:`fused_reverse_kd_loss`,
+:func:`fused_generalized_jsd_loss` and :func:`fused_linear_kd_loss`."""
 
 from __future__ import annotations
 
@@ -6,9 +7,17 @@ import numbers
 
 import torch
 
-from kdedu._validate import check_indices, check_integer, check_mask, check_pair, check_reduction, check_temperature
+from kdedu._validate import (
+    check_indices,
+    check_integer,
+    check_mask,
+    check_pair,
+    check_reduction,
+    check_temperature,
+    check_unit_interval,
+)
 
-__all__ = ["fused_kd_loss", "fused_linear_kd_loss"]
+__all__ = ["fused_kd_loss", "fused_reverse_kd_loss", "fused_generalized_jsd_loss", "fused_linear_kd_loss"]
 
 
 def _keep_rows(mask, labels, ignore_index, lead: tuple, device) -> torch.Tensor | None:
@@ -19,6 +28,43 @@ def _keep_rows(mask, labels, ignore_index, lead: tuple, device) -> torch.Tensor 
         from_labels = labels != check_integer("ignore_index", ignore_index)
         keep = from_labels if keep is None else keep & from_labels
     return None if keep is None else keep.reshape(-1)
+
+
+def _rows_of(student_logits, teacher_logits, temperature, reduction, mask, labels, ignore_index):
+    """The checks every fused divergence shares; returns ``(T, keep, s, t)`` with ``s, t`` of shape ``(N, V)``."""
+    check_pair(student_logits, teacher_logits)
+    t = check_temperature(temperature)
+    check_reduction(reduction)
+    if student_logits.device != teacher_logits.device:
+        raise ValueError(f"student_logits and teacher_logits must be on the same device, got "
+                         f"{student_logits.device} and {teacher_logits.device}")
+    v = student_logits.shape[-1]
+    keep = _keep_rows(mask, labels, ignore_index, tuple(student_logits.shape[:-1]), student_logits.device)
+    return t, keep, student_logits.reshape(-1, v), teacher_logits.reshape(-1, v)
+
+
+def _reduced(rows, keep, reduction, student_logits, teacher_logits) -> torch.Tensor:
+    """Per-row losses ``(N,)`` reduced as ``reduction`` says, in the logits' (promoted) dtype."""
+    out_dtype = torch.promote_types(student_logits.dtype, teacher_logits.dtype)
+    if reduction == "none":
+        return rows.reshape(student_logits.shape[:-1]).to(out_dtype)
+    total = rows.sum()
+    if reduction == "batchmean":
+        kept = keep.sum().clamp(min=1) if keep is not None else max(rows.shape[0], 1)
+        total = total / kept
+    return total.to(out_dtype)
+
+
+def _grad_flags(student_logits, teacher_logits) -> tuple[bool, bool]:
+    on = torch.is_grad_enabled()
+    return on and student_logits.requires_grad, on and teacher_logits.requires_grad
+
+
+def _kl_rows(p_logits, q_logits, keep, t, need_p, need_q, double_backward):
+    """Per-row ``T^2 KL(softmax(p/T) || softmax(q/T))`` by the KD kernel (which computes ``KL(teacher ||
+    student)``: ``p`` goes in the teacher's place)."""
+    rows, _, _ = torch.ops.kdedu.kd_rows(q_logits, p_logits, keep, t, need_q, need_p, bool(double_backward))
+    return rows
 
 
 def fused_kd_loss(
@@ -55,27 +101,95 @@ def fused_kd_loss(
     double backward raises. Dispatch (see :func:`kdedu.kernels.backend`): Triton on CUDA, the chunked
     PyTorch reference on CPU, or Triton's interpreter on CPU with ``TRITON_INTERPRET=1``.
     """
-    check_pair(student_logits, teacher_logits)
-    t = check_temperature(temperature)
-    check_reduction(reduction)
-    if student_logits.device != teacher_logits.device:
-        raise ValueError(f"student_logits and teacher_logits must be on the same device, got "
-                         f"{student_logits.device} and {teacher_logits.device}")
-    v = student_logits.shape[-1]
-    lead = tuple(student_logits.shape[:-1])
-    keep = _keep_rows(mask, labels, ignore_index, lead, student_logits.device)
-    s2, t2 = student_logits.reshape(-1, v), teacher_logits.reshape(-1, v)  # (N, V)
-    grad_on = torch.is_grad_enabled()
-    rows, _, _ = torch.ops.kdedu.kd_rows(s2, t2, keep, t, grad_on and student_logits.requires_grad,
-                                         grad_on and teacher_logits.requires_grad, bool(double_backward))
-    out_dtype = torch.promote_types(student_logits.dtype, teacher_logits.dtype)
-    if reduction == "none":
-        return rows.reshape(lead).to(out_dtype)
-    total = rows.sum()
-    if reduction == "batchmean":
-        kept = keep.sum().clamp(min=1) if keep is not None else max(s2.shape[0], 1)
-        total = total / kept
-    return total.to(out_dtype)
+    t, keep, s2, t2 = _rows_of(student_logits, teacher_logits, temperature, reduction, mask, labels, ignore_index)
+    need_s, need_t = _grad_flags(student_logits, teacher_logits)
+    rows = _kl_rows(t2, s2, keep, t, need_t, need_s, double_backward)  # KL(p_t || p_s)
+    return _reduced(rows, keep, reduction, student_logits, teacher_logits)
+
+
+def fused_reverse_kd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float = 1.0,
+    reduction: str = "batchmean",
+    mask: torch.Tensor | None = None,
+    *,
+    labels: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    double_backward: bool = True,
+) -> torch.Tensor:
+    r"""The reverse KD loss of :func:`kdedu.losses.reverse_kd_loss`, computed by the fused KD kernel.
+
+    .. math:: \mathcal{L}_{RKL} = T^2 \, \mathrm{KL}\big(p_s \,\|\, p_t\big), \qquad
+              \frac{\partial \mathcal{L}_{RKL}}{\partial s} = T\, p_s \odot (r - K), \qquad
+              \frac{\partial \mathcal{L}_{RKL}}{\partial t} = T\, (p_t - p_s)
+
+    with ``p = softmax(z / T)``, ``r = log p_s - log p_t`` and ``K = sum_i p_s,i r_i`` (the row's KL). Both are
+    the KD loss's formulas with the roles of the two distributions swapped, and so is the online sweep: it
+    keeps the running maxima and sums of both rows and ``acc = sum exp(a - m_a) ((a - m_a) - (b - m_b))``
+    with ``a = s/T``, ``b = t/T``, rescaled with the *student's* sum. The KD kernel already does exactly
+    this for ``KL(p_t || p_s)``, so this function runs it with the two logits exchanged: the student's
+    gradient is the one the KD kernel computes for its teacher argument, and it is written in the forward
+    pass all the same (``K`` is known after the first sweep). Classes where the student's probability is 0
+    contribute 0, as in ``reverse_kd_loss``.
+
+    Same arguments and behaviour as :func:`fused_kd_loss` (``mask``, ``labels``/``ignore_index``,
+    reductions, dtypes, dispatch, ``double_backward``).
+    """
+    t, keep, s2, t2 = _rows_of(student_logits, teacher_logits, temperature, reduction, mask, labels, ignore_index)
+    need_s, need_t = _grad_flags(student_logits, teacher_logits)
+    rows = _kl_rows(s2, t2, keep, t, need_s, need_t, double_backward)  # KL(p_s || p_t)
+    return _reduced(rows, keep, reduction, student_logits, teacher_logits)
+
+
+def fused_generalized_jsd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    beta: float = 0.5,
+    temperature: float = 1.0,
+    reduction: str = "batchmean",
+    mask: torch.Tensor | None = None,
+    *,
+    labels: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    double_backward: bool = True,
+) -> torch.Tensor:
+    r"""GKD's generalized JSD of :func:`kdedu.losses.generalized_jsd_loss`, computed by a fused kernel.
+
+    .. math:: \mathrm{JSD}_\beta = \beta\, \mathrm{KL}(p_t \,\|\, m) + (1 - \beta)\, \mathrm{KL}(p_s \,\|\, m),
+              \qquad m = \beta\, p_t + (1 - \beta)\, p_s,
+
+    with ``p = softmax(z / T)`` and no ``T**2`` (TRL's convention). Writing ``rho = log p_s - log m``,
+    ``sigma = log p_t - log m``, ``K_s = KL(p_s || m)`` and ``K_t = KL(p_t || m)``, the gradients are
+
+    .. math:: \frac{\partial\, \mathrm{JSD}_\beta}{\partial s} = \frac{1 - \beta}{T}\, p_s \odot (\rho - K_s),
+              \qquad
+              \frac{\partial\, \mathrm{JSD}_\beta}{\partial t} = \frac{\beta}{T}\, p_t \odot (\sigma - K_t)
+
+    (``JSD = beta sum p_t log p_t + (1 - beta) sum p_s log p_s - sum m log m``; its derivative with respect
+    to ``p_s`` is ``(1 - beta) rho``, and the softmax's Jacobian maps ``g`` to ``p_s (g - sum p_s g)``).
+
+    ``log m`` mixes the two distributions inside a logarithm, so it needs both final normalisers and no
+    running sum of a one-pass softmax yields ``sum p log m``. The kernel (:mod:`kdedu.kernels.triton_jsd`)
+    therefore sweeps each row three times: the two log-sum-exps, then ``log m`` and the two divergences,
+    then the gradient, still written in the forward pass. A row that fits in one tile is loaded once; a
+    longer one is read three times where the KD kernel reads it twice. ``beta = 0`` and ``beta = 1`` are,
+    as in ``generalized_jsd_loss``, the forward KL ``KL(p_t || p_s)`` and the reverse KL ``KL(p_s || p_t)``
+    (without ``T**2``): they run the one-sweep KD kernel. ``beta`` outside [0, 1] is an error.
+
+    Same other arguments and behaviour as :func:`fused_kd_loss` (``mask``, ``labels``/``ignore_index``,
+    reductions, dtypes, dispatch, ``double_backward``).
+    """
+    b = check_unit_interval("beta", beta)
+    t, keep, s2, t2 = _rows_of(student_logits, teacher_logits, temperature, reduction, mask, labels, ignore_index)
+    need_s, need_t = _grad_flags(student_logits, teacher_logits)
+    if b == 0.0:
+        rows = _kl_rows(t2, s2, keep, t, need_t, need_s, double_backward) / (t * t)  # KL(p_t || p_s)
+    elif b == 1.0:
+        rows = _kl_rows(s2, t2, keep, t, need_s, need_t, double_backward) / (t * t)  # KL(p_s || p_t)
+    else:
+        rows, _, _ = torch.ops.kdedu.jsd_rows(s2, t2, keep, b, t, need_s, need_t, bool(double_backward))
+    return _reduced(rows, keep, reduction, student_logits, teacher_logits)
 
 
 def _check_linear(name_h: str, hidden, name_w: str, weight) -> None:

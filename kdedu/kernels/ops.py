@@ -1,10 +1,12 @@
 """The fused losses as PyTorch custom operators: dispatch, autograd and fake (meta) implementations.
 
-Three operators, registered with :func:`torch.library.custom_op` so that ``torch.compile`` treats each as
+Four operators, registered with :func:`torch.library.custom_op` so that ``torch.compile`` treats each as
 one opaque node (with a fake implementation for tracing) and autograd uses the gradient computed in the
 forward pass:
 
-* ``kdedu::kd_rows(student, teacher, keep, T, ...)`` -> per-row KD losses and their gradients;
+* ``kdedu::kd_rows(student, teacher, keep, T, ...)`` -> per-row KD losses and their gradients (called with
+  the two logits swapped, it is the reverse KL);
+* ``kdedu::jsd_rows(student, teacher, keep, beta, T, ...)`` -> per-row generalized JSD and its gradients;
 * ``kdedu::scale_rows(grad, scale)`` -> ``grad * scale[:, None]`` (the whole backward pass);
 * ``kdedu::linear_kd(...)`` -> the summed KD loss of two linear projections, chunked over tokens,
   with the gradients of the hidden states and weights.
@@ -21,24 +23,28 @@ import os
 import torch
 from torch import Tensor
 
-from kdedu.kernels.reference import kd_rows_reference, scale_rows_reference
+from kdedu.kernels.reference import jsd_rows_chunk, jsd_rows_reference, kd_rows_reference, scale_rows_reference
 
 if not hasattr(torch.library, "custom_op"):  # added in torch 2.4
     raise ImportError(f"kdedu.kernels needs torch >= 2.4 (torch.library.custom_op); this is torch {torch.__version__}")
 
-__all__ = ["backend", "triton_status", "kd_rows", "scale_rows", "linear_kd"]
+__all__ = ["backend", "triton_status", "kd_rows", "jsd_rows", "scale_rows", "linear_kd"]
 
 _TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_triton_module = None
+_triton_module = None  # kdedu.kernels.triton_kd once loaded
+_triton_jsd = None     # kdedu.kernels.triton_jsd
 _triton_error: str | None = None
 
 
 def _load_triton():
-    """The Triton kernel module, imported on first use (None, with the reason kept, if Triton is missing)."""
-    global _triton_module, _triton_error
+    """The Triton KD kernel module, imported on first use with the JSD one (None, with the reason kept, if
+    Triton is missing)."""
+    global _triton_module, _triton_jsd, _triton_error
     if _triton_module is None and _triton_error is None:
         try:
-            _triton_module = importlib.import_module("kdedu.kernels.triton_kd")
+            kd = importlib.import_module("kdedu.kernels.triton_kd")
+            _triton_jsd = importlib.import_module("kdedu.kernels.triton_jsd")
+            _triton_module = kd
         except Exception as err:  # no triton (macOS, Windows), or a broken install: the reference still works
             _triton_error = f"{type(err).__name__}: {err}"
     return _triton_module
@@ -100,20 +106,26 @@ def kd_rows(student: Tensor, teacher: Tensor, keep: Tensor | None, temperature: 
     return loss.to(_loss_dtype(student, teacher)), grad_s, grad_t
 
 
-@kd_rows.register_fake
-def _(student, teacher, keep, temperature, grad_student, grad_teacher, save_inputs):
+def _rows_fake(student, teacher, keep, *params_and_flags):
+    """The fake (meta) implementation of every ``*_rows`` operator: a loss per row and two gradients."""
+    grad_student, grad_teacher, _ = params_and_flags[-3:]
     loss = student.new_empty(student.shape[0], dtype=_loss_dtype(student, teacher))
     grad_s = torch.empty_like(student) if grad_student else student.new_empty(0)
     grad_t = torch.empty_like(teacher) if grad_teacher else teacher.new_empty(0)
     return loss, grad_s, grad_t
 
 
-def _kd_rows_setup(ctx, inputs, output):
-    student, teacher, keep, temperature, grad_student, grad_teacher, save_inputs = inputs
+kd_rows.register_fake(_rows_fake)
+
+
+def _rows_setup(ctx, inputs, output):
+    """Autograd context of a ``*_rows`` operator ``(student, teacher, keep, *params, grad_student,
+    grad_teacher, save_inputs)``: the gradients written in the forward pass (and the logits if asked)."""
+    student, teacher, keep, *params, grad_student, grad_teacher, save_inputs = inputs
     _, grad_s, grad_t = output
     ctx.mark_non_differentiable(grad_s, grad_t)
     ctx.set_materialize_grads(False)  # no [N, V] zeros for the gradient outputs, which nothing differentiates
-    ctx.temperature = temperature
+    ctx.params = tuple(params)
     ctx.flags = (grad_student, grad_teacher, save_inputs)
     ctx.save_for_backward(grad_s, grad_t, keep, student if save_inputs else None, teacher if save_inputs else None)
 
@@ -140,27 +152,69 @@ def _grads_differentiable(student, teacher, keep, temperature, g_rows, need_s, n
     return grad_s, grad_t
 
 
-def _kd_rows_backward(ctx, g_loss, _g_grad_s, _g_grad_t):
-    grad_s, grad_t, keep, student, teacher = ctx.saved_tensors
-    has_s, has_t, _ = ctx.flags
-    need_s, need_t = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-    out_s = out_t = None
-    if g_loss is None or not (need_s or need_t):
-        return None, None, None, None, None, None, None
-    missing = (need_s and not has_s) or (need_t and not has_t)  # a gradient the forward was not asked for
-    if torch.is_grad_enabled() or missing:  # create_graph=True: the gradient itself must be differentiable
-        if student is None:
-            raise RuntimeError("this fused KD loss was called with double_backward=False, so it keeps no "
-                               "reference to its inputs: it cannot be differentiated twice (create_graph=True) "
-                               "nor give a gradient that the forward pass did not compute")
-        out_s, out_t = _grads_differentiable(student, teacher, keep, ctx.temperature, g_loss, need_s, need_t)
-    else:  # the usual case: the gradient was written in the forward pass, only scale it
-        out_s = scale_rows(grad_s, g_loss) if need_s else None
-        out_t = scale_rows(grad_t, g_loss) if need_t else None
-    return out_s, out_t, None, None, None, None, None
+def _rows_backward(grads_differentiable):
+    """The backward pass of a ``*_rows`` operator: scale the gradients written in the forward pass, or, for
+    a double backward (``create_graph=True``), ``grads_differentiable(student, teacher, keep, *params,
+    g_rows, need_s, need_t)``, the same gradients written with differentiable PyTorch operations."""
+
+    def backward(ctx, g_loss, _g_grad_s, _g_grad_t):
+        grad_s, grad_t, keep, student, teacher = ctx.saved_tensors
+        has_s, has_t, _ = ctx.flags
+        need_s, need_t = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        nones = (None,) * (1 + len(ctx.params) + 3)  # keep, the parameters, the three flags
+        if g_loss is None or not (need_s or need_t):
+            return None, None, *nones
+        missing = (need_s and not has_s) or (need_t and not has_t)  # a gradient the forward was not asked for
+        if torch.is_grad_enabled() or missing:  # create_graph=True: the gradient itself must be differentiable
+            if student is None:
+                raise RuntimeError("this fused loss was called with double_backward=False, so it keeps no "
+                                   "reference to its inputs: it cannot be differentiated twice (create_graph=True) "
+                                   "nor give a gradient that the forward pass did not compute")
+            out_s, out_t = grads_differentiable(student, teacher, keep, *ctx.params, g_loss, need_s, need_t)
+        else:  # the usual case: the gradient was written in the forward pass, only scale it
+            out_s = scale_rows(grad_s, g_loss) if need_s else None
+            out_t = scale_rows(grad_t, g_loss) if need_t else None
+        return out_s, out_t, *nones
+
+    return backward
 
 
-torch.library.register_autograd("kdedu::kd_rows", _kd_rows_backward, setup_context=_kd_rows_setup)
+torch.library.register_autograd("kdedu::kd_rows", _rows_backward(_grads_differentiable), setup_context=_rows_setup)
+
+
+# ------------------------------------------------------------------------------------------------
+# kdedu::jsd_rows
+# ------------------------------------------------------------------------------------------------
+@torch.library.custom_op("kdedu::jsd_rows", mutates_args=())
+def jsd_rows(student: Tensor, teacher: Tensor, keep: Tensor | None, beta: float, temperature: float,
+             grad_student: bool, grad_teacher: bool, save_inputs: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-row generalized JSD ``beta KL(p_t || m) + (1 - beta) KL(p_s || m)``, ``m = beta p_t + (1 - beta)
+    p_s``, ``p = softmax(z / T)``, ``0 < beta < 1`` (no ``T^2``), of ``[N, V]`` logits, and its gradients;
+    otherwise as ``kd_rows``."""
+    student, teacher = _unit_stride(student), _unit_stride(teacher)
+    if backend(student) != "pytorch" and teacher.dtype in _TRITON_DTYPES:
+        loss, grad_s, grad_t = _triton_jsd.jsd_rows_triton(student, teacher, keep, beta, temperature,
+                                                           grad_student, grad_teacher)
+    else:
+        loss, grad_s, grad_t = jsd_rows_reference(student, teacher, keep, beta, temperature, grad_student,
+                                                  grad_teacher)
+    return loss.to(_loss_dtype(student, teacher)), grad_s, grad_t
+
+
+jsd_rows.register_fake(_rows_fake)
+
+
+def _jsd_grads_differentiable(student, teacher, keep, beta, temperature, g_rows, need_s, need_t):
+    """The JSD gradients of :func:`~kdedu.kernels.reference.jsd_rows_chunk` (differentiable PyTorch), scaled
+    by the incoming per-row gradient. Not chunked."""
+    _, grad_s, grad_t = jsd_rows_chunk(student, teacher, keep, beta, temperature, need_s, need_t)
+    w = g_rows.to(_loss_dtype(student, teacher))[:, None]
+    return (None if grad_s is None else (grad_s * w).to(student.dtype),
+            None if grad_t is None else (grad_t * w).to(teacher.dtype))
+
+
+torch.library.register_autograd("kdedu::jsd_rows", _rows_backward(_jsd_grads_differentiable),
+                                setup_context=_rows_setup)
 
 
 # ------------------------------------------------------------------------------------------------

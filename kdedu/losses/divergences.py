@@ -42,8 +42,16 @@ def reverse_kd_loss(
     mass on the teacher's largest ones instead of spreading it (MiniLLM, Gu et al. 2024, for language
     models; GKD, Agarwal et al. 2024). ``T**2`` as in :func:`~kdedu.losses.kd_loss`. Classes where the
     student's probability is 0 contribute 0.
+
+    **CUDA tensors go to the fused kernel**, as in :func:`~kdedu.losses.kd_loss`:
+    :func:`kdedu.kernels.fused_reverse_kd_loss` (the KD kernel with the two logits exchanged; same value
+    and gradients to float tolerance). CPU tensors use the code below.
     """
     t, mask = _check_kd_args(student_logits, teacher_logits, temperature, reduction, mask)
+    if student_logits.is_cuda:
+        from kdedu.kernels import fused_reverse_kd_loss  # lazy: kdedu.kernels does not import kdedu.losses
+
+        return fused_reverse_kd_loss(student_logits, teacher_logits, t, reduction, mask=mask)
     log_p_s, log_p_t = _log_soft(student_logits, t, mask), _log_soft(teacher_logits, t, mask)
     return _reduce(t * t * _kl_rows(log_p_s, log_p_t), reduction, mask)
 
@@ -78,9 +86,17 @@ def generalized_jsd_loss(
     symmetric JSD, bounded by ``log 2``.
 
     Computed in log space: ``log m = logsumexp(log beta + log p_t, log(1 - beta) + log p_s)``.
+
+    **CUDA tensors go to the fused kernel**, as in :func:`~kdedu.losses.kd_loss`:
+    :func:`kdedu.kernels.fused_generalized_jsd_loss` (same value and gradients to float tolerance). CPU
+    tensors use the code below.
     """
     b = check_unit_interval("beta", beta)
     t, mask = _check_kd_args(student_logits, teacher_logits, temperature, reduction, mask)
+    if student_logits.is_cuda:
+        from kdedu.kernels import fused_generalized_jsd_loss  # lazy: kdedu.kernels does not import kdedu.losses
+
+        return fused_generalized_jsd_loss(student_logits, teacher_logits, b, t, reduction, mask=mask)
     log_p_s, log_p_t = _log_soft(student_logits, t, mask), _log_soft(teacher_logits, t, mask)
     if b == 0.0:
         per_row = _kl_rows(log_p_t, log_p_s)

@@ -118,7 +118,8 @@ def teacher_outputs(teacher: nn.Module, input_ids: torch.Tensor, attention_mask:
     """Run ``teacher`` (a :class:`~kdedu.models.SequenceClassifier`, in eval mode) on one batch and keep
     the logits, the hidden states ``hidden_layers`` ([CLS] only if ``cls_only``) and the attention maps
     of the blocks ``attention_layers``. Returns a :class:`TeacherBatch`."""
-    n = num_layers(teacher, "teacher")
+    # the number of blocks matters only for stored layers: a teacher of logits alone may be any classifier
+    n = num_layers(teacher, "teacher") if (hidden_layers or attention_layers) else 0
     hidden_layers = _resolve(hidden_layers, n, 0, "hidden_layers")
     attention_layers = _resolve(attention_layers, n, 1, "attention_layers")
     was_training = teacher.training

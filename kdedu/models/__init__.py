@@ -8,6 +8,7 @@ from kdedu.models.mlp import MLP
 from kdedu.models.nat import NAT, NATOutput
 from kdedu.models.resnet import ResNet, resnet
 from kdedu.models.seq2seq import Seq2Seq
+from kdedu.models.shrink import layers_to_copy, shrink_decoder
 from kdedu.models.transformer import (
     BiLSTMStudent,
     SequenceClassifier,
@@ -18,8 +19,7 @@ from kdedu.models.transformer import (
 )
 from kdedu.models.utils import count_parameters, cpu_latency
 
-__all__ = ["MLP", "SmallCNN", "ResNet", "resnet", "count_parameters", "cpu_latency",
-           "load_minilm", "load_encoder", "student_from_teacher", "small_bert", "BiLSTMStudent",
-           "SequenceClassifier", "MaskedLM", "mask_tokens", "load_masked_lm"]
-__all__ += ["Seq2Seq", "GPT", "NAT", "NATOutput", "Hypothesis", "greedy", "beam_search", "sample", "translate",
-            "HFSeq2Seq"]
+__all__ = ["MLP", "SmallCNN", "ResNet", "resnet", "count_parameters", "cpu_latency", "load_minilm", "load_encoder",
+           "student_from_teacher", "small_bert", "BiLSTMStudent", "SequenceClassifier", "MaskedLM", "mask_tokens",
+           "load_masked_lm", "Seq2Seq", "GPT", "NAT", "NATOutput", "Hypothesis", "greedy", "beam_search", "sample",
+           "translate", "HFSeq2Seq", "shrink_decoder", "layers_to_copy"]

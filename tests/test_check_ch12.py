@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from checks import LazyAnswer, answer_tests, shift
@@ -18,71 +19,39 @@ from kdedu.check import ch12
 from kdedu.methods import gumbel_softmax
 
 
-def _st(logits, tau, noise):
-    y = torch.softmax((torch.log_softmax(logits, -1) + noise) / tau, dim=-1)
-    hard = F.one_hot(y.argmax(-1), logits.shape[-1]).to(y.dtype)
-    return hard + y - y.detach()
+def _st_gradient(logits, c, tau, noise):
+    """The mean straight-through gradient, written as the chapter's plain-PyTorch Gumbel-softmax."""
+    z = logits.detach().clone().requires_grad_(True)
+    y = torch.softmax((torch.log_softmax(z.expand_as(noise), -1) + noise) / tau, dim=-1)
+    hard = F.one_hot(y.argmax(-1), z.shape[-1]).to(y.dtype)
+    (grad,) = torch.autograd.grad(((hard + y - y.detach()) @ c).mean(), z)
+    return grad
 
 
-def _st_raw_logits(logits, tau, noise):  # noise added to the raw logits: the same y (one constant per row)
-    y = torch.softmax((logits + noise) / tau, dim=-1)
-    return (F.one_hot(y.argmax(-1), logits.shape[-1]).to(y.dtype) - y).detach() + y
+def _st_gradient_kdedu(logits, c, tau, noise):  # kdedu's straight-through sample, raw logits (same y)
+    z = logits.detach().clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad((gumbel_softmax(z.expand_as(noise), tau, hard=True, noise=noise) @ c).mean(), z)
+    return grad
 
 
-def _soft_only(logits, tau, noise):
-    return torch.softmax((torch.log_softmax(logits, -1) + noise) / tau, dim=-1)
-
-
-def _hard_only(logits, tau, noise):
-    y = torch.softmax((torch.log_softmax(logits, -1) + noise) / tau, dim=-1)
-    return F.one_hot(y.argmax(-1), logits.shape[-1]).to(y.dtype)
-
-
-def _no_tau(logits, tau, noise):
-    return _st(logits, 1.0, noise)
-
-
-def _no_noise(logits, tau, noise):
-    return _st(logits, tau, torch.zeros_like(noise))
-
-
-def _embeds(E, ids, positions, soft):
-    return E[ids].index_put((positions,), soft @ E)
-
-
-def _embeds_inplace(E, ids, positions, soft):
-    out = E[ids].clone()
-    out[positions] = soft @ E
-    return out
-
-
-def _embeds_torch_where(E, ids, positions, soft):
-    full = torch.zeros(*ids.shape, E.shape[1], dtype=E.dtype)
-    full = full.index_put((positions,), soft @ E)
-    return torch.where(positions[..., None], full, E[ids])
+def _st_gradient_loop(logits, c, tau, noise):  # one draw at a time, averaged
+    return torch.stack([_st_gradient(logits, c, tau, row[None]) for row in noise]).mean(0)
 
 
 CORRECT = {
-    "12.gumbel": [_st, _st_raw_logits, lambda logits, tau, noise: gumbel_softmax(logits, tau, hard=True, noise=noise)],
-    "12.soft-embeds": [_embeds, _embeds_inplace, _embeds_torch_where],
+    "12.st-gradient": [_st_gradient, _st_gradient_kdedu, _st_gradient_loop],
 }
 
 WRONG = {
-    "12.gumbel": [
-        _soft_only,                                                            # the relaxation, not the sample
-        _hard_only,                                                            # no gradient
-        _no_tau,                                                               # ignores tau
-        _no_noise,                                                             # the mode, not a sample
-        lambda logits, tau, noise: _st(logits, tau, noise).sum(-1),            # wrong shape
-        lambda logits, tau, noise: (_hard_only(logits, tau, noise) + logits - logits.detach()),  # grad of the logits
+    "12.st-gradient": [
+        lambda logits, c, tau, noise: ch12.exact_gradient(logits, c),           # the exact gradient, not the estimate
+        lambda logits, c, tau, noise: torch.zeros_like(logits),                # the one-hot alone: no gradient
+        lambda logits, c, tau, noise: len(noise) * _st_gradient(logits, c, tau, noise),  # the sum, not the mean
+        lambda logits, c, tau, noise: _st_gradient(logits, c, 1.0, noise),      # ignores tau
+        lambda logits, c, tau, noise: _st_gradient(logits, c, tau, noise[:1]),  # one draw only
+        lambda logits, c, tau, noise: _st_gradient(logits, c, tau, torch.zeros_like(noise)),  # no noise: the mode
+        lambda logits, c, tau, noise: _st_gradient(logits, c, tau, noise)[None],  # wrong shape
         "not a function",
-    ],
-    "12.soft-embeds": [
-        lambda E, ids, positions, soft: E[ids],                                # ignores the soft tokens
-        lambda E, ids, positions, soft: _embeds(E, ids, positions, soft).detach(),  # cuts the graph
-        lambda E, ids, positions, soft: E[ids].index_put((positions,), soft @ E.T.T.flip(0)),  # rows in the wrong order
-        lambda E, ids, positions, soft: E[ids].index_put((positions,), E[soft.argmax(-1)]),   # hard tokens
-        lambda E, ids, positions, soft: (soft @ E),                            # only the masked rows
     ],
 }
 
@@ -170,10 +139,44 @@ def test_checker_reproduces_the_chapter_pipeline():
 
 
 def test_targeted_messages():
-    assert "relaxed sample" in _verdict("12.gumbel", WRONG["12.gumbel"][0]).message
-    assert "no gradient" in _verdict("12.gumbel", WRONG["12.gumbel"][1]).message
-    assert "tau = 1" in _verdict("12.gumbel", WRONG["12.gumbel"][2]).message
-    assert "original word vectors" in _verdict("12.soft-embeds", WRONG["12.soft-embeds"][0]).message
-    assert "no gradient" in _verdict("12.soft-embeds", WRONG["12.soft-embeds"][1]).message
+    assert "exact gradient" in _verdict("12.st-gradient", WRONG["12.st-gradient"][0]).message
+    assert "zero" in _verdict("12.st-gradient", WRONG["12.st-gradient"][1]).message
+    assert "sum" in _verdict("12.st-gradient", WRONG["12.st-gradient"][2]).message
+    assert "tau = 1" in _verdict("12.st-gradient", WRONG["12.st-gradient"][3]).message
     assert "same, seed by seed" in _verdict("12.random-direction", WRONG["12.random-direction"][3]).message
     assert "percentages" in _verdict("12.random-direction", WRONG["12.random-direction"][5]).message
+    assert "lacks 0.001" in _verdict("12.collapse", {"generator_lr": [1e-4], "top_share": [0.2]}).message
+    assert "percentages" in _verdict("12.collapse", {"generator_lr": [1e-4, 1e-3], "top_share": [20, 80]}).message
+
+
+def test_straight_through_gradient_is_biased():
+    """The solution's claim: on the chapter's p, the mean straight-through gradient over many draws differs from
+    the exact gradient p_i (c_i - p.c) by far more than its Monte-Carlo error (recomputed draw by draw)."""
+    p = torch.tensor([0.45, 0.25, 0.15, 0.1, 0.05], dtype=torch.float64)
+    c = torch.tensor([1.0, 0.0, 0.0, 0.0, 0.0], dtype=torch.float64)
+    u = torch.rand(20000, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64).clamp(1e-12, 1 - 1e-12)
+    noise = -torch.log(-torch.log(u))
+    mean = _st_gradient(p.log(), c, 1.0, noise)
+    draws = torch.stack([_st_gradient(p.log(), c, 1.0, noise[i:i + 1]) for i in range(0, 20000, 10)])  # 2,000 of them
+    se = draws.std(0) / len(noise) ** 0.5                               # the standard error of the 20,000-draw mean
+    assert ((mean - ch12.exact_gradient(p.log(), c)).abs() > 6 * se).any()
+    assert torch.allclose(mean.sum(), torch.zeros((), dtype=torch.float64), atol=1e-9)  # softmax: gradients sum to 0
+
+
+def test_collapse_exercise_fails_on_made_up_shares_without_training():
+    for answer in ({"generator_lr": "1e-4", "top_share": [0.2]}, {"generator_lr": [1e-4, 1e-3], "top_share": [0.2]},
+                   {"generator_lr": [1e-4, 1e-3], "top_share": [0.0, 1.5]}, [0.2, 0.8]):
+        assert not _verdict("12.collapse", answer)
+
+
+@pytest.mark.slow
+def test_collapse_exercise_and_claim():
+    """Two MATE-KD runs in the chapter's setting (tens of seconds): the true answer passes, a shifted one fails, and
+    the solution's claim holds: at 1e-3 the most frequent fill takes over half the masked positions, at 1e-4 not."""
+    lrs = list(ch12.COLLAPSE_SETTING["generator_lrs"])
+    shares = [ch12.top_fill_share(lr) for lr in lrs]
+    assert _verdict("12.collapse", {"generator_lr": lrs, "top_share": shares})
+    assert _verdict("12.collapse", {"generator_lr": lrs[::-1], "top_share": shares[::-1]})
+    assert not _verdict("12.collapse", {"generator_lr": lrs, "top_share": shares[::-1]})
+    assert not _verdict("12.collapse", {"generator_lr": lrs, "top_share": [v + 0.01 for v in shares]})
+    assert shares[0] < 0.5 < shares[1]

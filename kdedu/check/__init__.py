@@ -245,4 +245,22 @@ def retrain_tolerance() -> float:
 
 
 # the chapters' exercises register themselves on import
-from kdedu.check import ch01, ch02, ch03, ch04, ch05, ch06, ch07, ch08, ch09, ch10, ch11, ch12, ch17, ch19  # noqa: E402, F401
+from kdedu.check import (  # noqa: E402, F401
+    ch01,
+    ch02,
+    ch03,
+    ch04,
+    ch05,
+    ch06,
+    ch07,
+    ch08,
+    ch09,
+    ch10,
+    ch11,
+    ch12,
+    ch13,
+    ch15,
+    ch17,
+    ch18,
+    ch19,
+)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 
 import torch
 
-from kdedu.check import Wrong, answer_dict, answer_number, answer_seeds, answer_verdict, function, picked, register
+from kdedu.check import Wrong, answer_dict, answer_number, answer_seeds, answer_verdict, picked, register
 
 
 def _kl64(t: torch.Tensor, s: torch.Tensor, temperature: float) -> float:
@@ -18,55 +17,62 @@ def _kl64(t: torch.Tensor, s: torch.Tensor, temperature: float) -> float:
     return float((log_pt.exp() * (log_pt - log_ps)).sum())
 
 
-def _positions(name: str, got, b: int, k1: int, K: int) -> list[list[int]]:
-    if isinstance(got, torch.Tensor):
-        got = got.tolist()
+def _logit_table(name: str, value) -> torch.Tensor:
+    """``value`` as a float64 ``(K, C)`` tensor of finite logits, or :class:`Wrong` naming ``name``."""
     try:
-        rows = [[int(j) for j in row] for row in got]
-    except (TypeError, ValueError):
-        raise Wrong(f"{name} should return a (b, k1) tensor of neighbour positions, got {type(got).__name__}.") \
-            from None
-    if len(rows) != b or any(len(r) != k1 for r in rows):
-        raise Wrong(f"{name} should return one row of k1 = {k1} positions for each of the b = {b} originals.")
-    if any(not 0 <= j < K for r in rows for j in r):
-        raise Wrong(f"{name} returned positions outside 0..K-1 (K = {K}): give each neighbour's position in its "
-                    "row, not a value.")
-    if any(len(set(r)) != k1 for r in rows):
-        raise Wrong(f"{name} picked a neighbour twice in a row: keep k1 different neighbours.")
-    return rows
+        t = torch.as_tensor(value, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        raise Wrong(f"{name} should be a (K, C) tensor of logits (one row per neighbour), got "
+                    f"{type(value).__name__}.") from None
+    if t.dim() != 2 or t.shape[0] < 2 or t.shape[1] < 2:
+        raise Wrong(f"{name} should be a (K, C) tensor with K >= 2 neighbours and C >= 2 classes, got shape "
+                    f"{tuple(t.shape)}.")
+    if not torch.isfinite(t).all():
+        raise Wrong(f"{name} holds values that are not finite logits.")
+    return t
 
 
-@register("11.select", hint="score every neighbour with the divergence the chapter's maximisation step uses (mind "
-                            "its direction and the temperature), then keep the k1 largest scores of each row.")
-def _check_11_select(fn):
-    function("my_select(teacher_logits, student_logits, k1, temperature)", fn)
-    g = torch.Generator().manual_seed(11)
-    cases = [(2 * torch.randn(b, K, C, generator=g), 2 * torch.randn(b, K, C, generator=g), k1, T)
-             for b, K, C, k1, T in ((5, 8, 2, 4, 2.0), (4, 6, 3, 2, 1.0), (3, 5, 4, 1, 0.5), (2, 4, 2, 4, 3.0))]
-    # two confident, agreeing neighbours against one mild disagreement: which diverges more depends on T
-    cases.append((torch.tensor([[[10.0, 0.0], [1.0, 0.0], [9.0, 0.0]]]),
-                  torch.tensor([[[6.0, 0.0], [0.0, 0.0], [5.0, 0.0]]]), 2, 10.0))
-    for t, s, k1, T in cases:
-        b, K, C = t.shape
-        rows = _positions(f"my_select on b, K, C = {b}, {K}, {C}", fn(t.clone(), s.clone(), k1, T), b, k1, K)
-        for r in range(b):
-            d = [_kl64(t[r, j], s[r, j], T) for j in range(K)]
-            best = set(max(itertools.combinations(range(K), k1), key=lambda c: sum(d[j] for j in c)))
-            if set(rows[r]) == best:
-                continue
-            reverse = [_kl64(s[r, j], t[r, j], T) for j in range(K)]
-            if set(rows[r]) == set(sorted(range(K), key=lambda j: -reverse[j])[:k1]):
-                raise Wrong("your selection ranks the neighbours by KL(p_s || p_t); Minimax-kNN ranks them by the KD "
-                            "loss's direction, KL(p_t || p_s).")
-            if set(rows[r]) == set(sorted(range(K), key=lambda j: d[j])[:k1]):
-                raise Wrong("you kept the k1 neighbours on which teacher and student agree most; the maximisation "
-                            "step keeps those on which they disagree most.")
-            plain = [_kl64(t[r, j], s[r, j], 1.0) for j in range(K)]
-            if T != 1 and set(rows[r]) == set(sorted(range(K), key=lambda j: -plain[j])[:k1]):
-                raise Wrong(f"your selection ignores the temperature (T = {T}): compare the softened distributions.")
-            raise Wrong(f"row {r} of the case b, K, C, k1, T = {b}, {K}, {C}, {k1}, {T}: you kept positions "
-                        f"{sorted(rows[r])}, the {k1} most divergent are {sorted(best)}.")
-    return "the k1 neighbours with the largest KL(p_t || p_s) at temperature T: Minimax-kNN's maximisation step."
+def _kept(d: list[float], k1: int, T: float) -> set[int]:
+    """The ``k1`` most divergent positions of ``d``; :class:`Wrong` if a tie at the cut makes the choice arbitrary."""
+    order = sorted(range(len(d)), key=lambda j: -d[j])
+    if math.isclose(d[order[k1 - 1]], d[order[k1]], rel_tol=1e-6, abs_tol=1e-9):
+        raise Wrong(f"at T = {T:g} the {k1}th and {k1 + 1}th largest divergences are equal ({d[order[k1]]:.3g}): "
+                    "the choice is a tie, not a decision. Make them differ.")
+    return set(order[:k1])
+
+
+@register("11.temperature", hint="the selection scores KL(p_t || p_s) of the softened distributions. Try a neighbour "
+                                 "on which both models pick the same class with different confidence, and one on "
+                                 "which they mildly disagree; see how each divergence moves as T grows.")
+def _check_11_temperature(answer):
+    answer_dict(answer, ("teacher", "student", "k1", "temperatures"))
+    t = _logit_table('answer["teacher"]', answer["teacher"])
+    s = _logit_table('answer["student"]', answer["student"])
+    if t.shape != s.shape:
+        raise Wrong(f'answer["teacher"] has shape {tuple(t.shape)} and answer["student"] {tuple(s.shape)}: both '
+                    "models score the same K neighbours over the same C classes.")
+    K = t.shape[0]
+    k1 = answer["k1"]
+    if isinstance(k1, bool) or not isinstance(k1, int) or not 1 <= k1 < K:
+        raise Wrong(f'answer["k1"] should be an integer in 1..K-1 = 1..{K - 1}: with k1 = K every neighbour is kept '
+                    "at any temperature.")
+    temps = answer["temperatures"]
+    if isinstance(temps, (str, bytes)) or not hasattr(temps, "__len__") or len(temps) != 2:
+        raise Wrong('answer["temperatures"] should be a pair (T1, T2).')
+    T1, T2 = (answer_number('an entry of answer["temperatures"]', T) for T in temps)
+    if not (T1 > 0 and T2 > 0 and math.isfinite(T1) and math.isfinite(T2)):
+        raise Wrong("a temperature is a finite number > 0.")
+    if T1 == T2:
+        raise Wrong("the two temperatures are equal: choose two different ones.")
+    kept = []
+    for T in (T1, T2):
+        d = [_kl64(t[j], s[j], T) for j in range(K)]
+        kept.append(_kept(d, k1, T))
+    if kept[0] == kept[1]:
+        raise Wrong(f"at both T = {T1:g} and T = {T2:g} the step keeps positions {sorted(kept[0])}: the temperature "
+                    "does not change the choice in your case.")
+    return (f"at T = {T1:g} the step keeps positions {sorted(kept[0])}, at T = {T2:g} it keeps {sorted(kept[1])}: "
+            "the temperature is part of the selection rule, not only of the loss.")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -107,7 +113,7 @@ def _check_11_gap(answer):
     more = _values('answer["n16"]', answer["n16"], n)
     if few == more:
         raise Wrong("the two lists are the same, seed by seed: the 16-point runs are different runs.")
-    c = answer_verdict(answer, more, few, "16 points first")
+    c = answer_verdict(answer, few, more, "8 points first")
     i = picked([seeds, few, more], n)
     for key, points, values in (("n8", s["n"], few), ("n16", s["more"], more)):
         again = gap_mean_kl(points, seeds[i])
@@ -115,5 +121,6 @@ def _check_11_gap(answer):
             raise Wrong(f'seed {seeds[i]}: your answer["{key}"] says {values[i]:.5f}, but distilling with {points} '
                         f"transfer points gives a mean divergence of {again:.5f} over the grid. Check the number of "
                         "points, the seed, and that you average over every grid point.")
-    return (f"your seed {seeds[i]} reproduces, both ways. With 16 points the mean divergence over the grid changes by "
-            f"{c['mean']:+.4f} (± {c['se']:.4f} s.e.) over {n} seeds: {c['verdict']} (exploratory).")
+    return (f"your seed {seeds[i]} reproduces, both ways. The mean divergence over the grid with 8 points minus that "
+            f"with 16 is {c['mean']:+.4f} (± {c['se']:.4f} s.e.) over {n} seeds: {c['verdict']} (exploratory; "
+            "'better' means the 16 points narrowed the gap).")

@@ -1,4 +1,10 @@
-"""Auto-checks for the exercises of chapter 17 (MetaDistil)."""
+"""Auto-checks for the exercises of chapter 17 (MetaDistil).
+
+Both exercises are experiments in the chapter's live setting (``LIVE_SETTING``): the reader trains MetaDistil
+students as the chapter's ``train_meta`` does, with another teacher learning rate (and, for 17.teacher-ce, the
+teacher's own cross-entropy in its objective), and answers with what the runs measured. The checker trains one of
+the submitted runs again, picked by a hash of the answer, and compares.
+"""
 
 from __future__ import annotations
 
@@ -8,84 +14,25 @@ import math
 
 import torch
 
-from kdedu.check import (
-    Wrong,
-    answer_accuracies,
-    answer_dict,
-    answer_seeds,
-    answer_verdict,
-    function,
-    picked,
-    register,
-)
+from kdedu.check import Wrong, answer_accuracies, answer_dict, answer_number, answer_seeds, close, picked, register
 
-
-def _reference_average(logits: list[torch.Tensor], mode: str, T: float) -> torch.Tensor:
-    """The averaged distribution at T, entry by entry in float64: arithmetic ("probs") or normalised geometric
-    ("logits") mean of the teachers' softmax at T."""
-    rows, classes = logits[0].shape
-    out = torch.empty(rows, classes, dtype=torch.float64)
-    for r in range(rows):
-        ps = []
-        for z in logits:
-            row = [float(v) / T for v in z[r]]
-            m = max(row)
-            e = [math.exp(v - m) for v in row]
-            ps.append([v / sum(e) for v in e])
-        if mode == "probs":
-            mean = [sum(p[c] for p in ps) / len(ps) for c in range(classes)]
-        else:
-            g = [math.prod(p[c] for p in ps) ** (1 / len(ps)) for c in range(classes)]
-            mean = [v / sum(g) for v in g]
-        out[r] = torch.tensor(mean, dtype=torch.float64)
-    return out
-
-
-@register("17.average", hint="write both averages as logits whose softmax at T is the averaged distribution; for the "
-                             "probabilities, go back from a distribution to logits with a logarithm, and remember "
-                             "which temperature the softmax will divide by.")
-def _check_17_average(fn):
-    function("my_average(logits, mode, T)", fn)
-    g = torch.Generator().manual_seed(17)
-    for n, (B, C), T in ((2, (4, 3), 1.0), (3, (5, 4), 4.0), (2, (3, 2), 2.5), (1, (2, 5), 3.0)):
-        logits = [3 * torch.randn(B, C, generator=g) for _ in range(n)]
-        for mode in ("logits", "probs"):
-            got = fn([z.clone() for z in logits], mode, T)
-            if not isinstance(got, torch.Tensor) or tuple(got.shape) != (B, C):
-                shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
-                raise Wrong(f"my_average should return (B, C) = {(B, C)} logits, got {shape}.")
-            p = torch.softmax(got.double() / T, -1)
-            expected = _reference_average(logits, mode, T)
-            if not torch.allclose(p, expected, atol=1e-5):
-                if mode == "probs" and torch.allclose(got.double(), expected, atol=1e-5):
-                    raise Wrong("my_average returns the averaged probabilities themselves; it should return logits "
-                                "(their softmax at T is the average).")
-                if mode == "probs" and torch.allclose(torch.softmax(got.double(), -1), expected, atol=1e-5):
-                    raise Wrong(f"with mode='probs' and T = {T}, the softmax of your logits at T is not the averaged "
-                                "distribution; it is at T = 1.", "logits z give softmax(z / T): scale the log by T.")
-                raise Wrong(f"with mode={mode!r}, T = {T} and {n} teacher(s), the softmax of your logits at T is off "
-                            f"by up to {(p - expected).abs().max().item():.3g} from the averaged distribution.")
-    return ("averaging logits gives the normalised geometric mean of the teachers' distributions, averaging "
-            "probabilities the arithmetic mean; they agree when the teachers agree.")
-
-
-# ------------------------------------------------------------------------------------------------
-# 17.teacher-ce: an experiment. The reader trains the chapter's MetaDistil students with teacher_ce_weight=1 over the
-# live seeds; the checker trains one of the submitted seeds again, with and without the term, in the chapter's live
-# setting, and recomputes the verdict.
-# ------------------------------------------------------------------------------------------------
-TEACHER_CE_SETTING = {"teacher": "sentiment-minilm", "teacher_overrides": {}, "layers": (2, 5), "n_train": 512,
-                      "n_quiz": 64, "split_seed": 0, "batch_size": 32, "num_epochs": 1, "lr": 1e-4,
-                      "teacher_lr": 1e-5, "alpha": 0.5, "temperature": 5.0, "train_layers": 1,
-                      "teacher_ce_weight": 1.0, "n_test": 500, "min_seeds": 2}
+LIVE_SETTING = {"teacher": "sentiment-minilm", "teacher_overrides": {}, "layers": (2, 5), "n_train": 512,
+                "n_quiz": 64, "split_seed": 0, "batch_size": 32, "num_epochs": 1, "lr": 1e-4, "alpha": 0.5,
+                "temperature": 5.0, "train_layers": 1, "n_test": 500}
 """The chapter's live setting (``train_one`` in the ``fast`` profile): the 6 -> 2 student copies teacher blocks 3 and 6
 (0-based ``layers``), trains one epoch on 512 sentences, 64 more held out as the quiz set; the meta-update trains the
 teacher's top block and head (``TeacherTop``). (The tests swap in a tiny teacher.)"""
 
+MOVEMENT_LRS = (1e-4, 1e-3, 1e-2)
+"""17.movement: the teacher learning rates the reader tries (the chapter's runs use 1e-5)."""
+
+TEACHER_CE = {"teacher_lr": 1e-3, "teacher_ce_weight": 1.0, "min_seeds": 2}
+"""17.teacher-ce: a teacher learning rate at which the teacher moves, and the weight of its own cross-entropy."""
+
 
 @functools.lru_cache(maxsize=2)
-def _teacher_ce_data(teacher_name: str, overrides: str, n_train: int, n_quiz: int, split_seed: int,
-                     batch_size: int, train_layers: int):
+def _live_data(teacher_name: str, overrides: str, n_train: int, n_quiz: int, split_seed: int, batch_size: int,
+               train_layers: int):
     """The chapter's teacher, its stores (transfer set, quiz set, test set) and the test loader."""
     from kdedu import zoo
     from kdedu.data import sentiment, text_loader
@@ -104,11 +51,27 @@ def _teacher_ce_data(teacher_name: str, overrides: str, n_train: int, n_quiz: in
     return teacher, store, quiz_store, test_store, test_loader
 
 
-@functools.lru_cache(maxsize=64)  # a resubmitted answer is checked again in no time
-def metadistil_accuracies(seed: int, teacher_ce_weight: float) -> tuple[float, float]:
-    """(student, teacher) test accuracy after the chapter's live MetaDistil run of ``seed`` with ``teacher_ce_weight``.
+def _test_logits(top, test_store) -> torch.Tensor:
+    """A TeacherTop's logits on the (unshuffled) test store, in its order, on the CPU."""
+    top.eval()
+    device = next(top.parameters()).device
+    with torch.no_grad():
+        return torch.cat([top(tb.to(device)).float().cpu() for tb, _ in test_store])
 
-    The same steps as the chapter's ``make_student``, ``make_method`` and ``train_one``: the student built after
+
+def soft_target_kl(original: torch.Tensor, moved: torch.Tensor, T: float) -> float:
+    """Mean over rows of KL(p_original(T) || p_moved(T)), in nats: how far the soft targets moved."""
+    log_p, log_q = torch.log_softmax(original.double() / T, -1), torch.log_softmax(moved.double() / T, -1)
+    return (log_p.exp() * (log_p - log_q)).sum(-1).mean().item()
+
+
+@functools.lru_cache(maxsize=64)  # a resubmitted answer is checked again in no time
+def metadistil_run(seed: int, teacher_lr: float, teacher_ce_weight: float) -> dict[str, float]:
+    """The chapter's live MetaDistil run of ``seed`` with ``teacher_lr`` and ``teacher_ce_weight``: the student's and
+    the meta-trained teacher's test accuracy, and the mean KL(original || meta-trained) of the teacher's soft
+    targets at T on the test set.
+
+    The same steps as the chapter's ``make_student`` and ``train_meta``: the student built after
     ``torch.manual_seed(seed)`` (embeddings, blocks ``layers`` and head of the teacher, word embeddings frozen);
     ``MetaDistil(student, TeacherTop(teacher, 1), quiz_store, pilot_lr=lr, teacher_lr, alpha, T, seed=seed,
     teacher_ce_weight)``; ``fit(..., num_epochs, lr, seed=seed)``; scored on the 500 test sentences.
@@ -117,8 +80,8 @@ def metadistil_accuracies(seed: int, teacher_ce_weight: float) -> tuple[float, f
     from kdedu.models import SequenceClassifier, student_from_teacher
     from kdedu.train import evaluate, fit
 
-    s = TEACHER_CE_SETTING
-    teacher, store, quiz_store, test_store, test_loader = _teacher_ce_data(
+    s = LIVE_SETTING
+    teacher, store, quiz_store, test_store, test_loader = _live_data(
         s["teacher"], json.dumps(s["teacher_overrides"], sort_keys=True), s["n_train"], s["n_quiz"], s["split_seed"],
         s["batch_size"], s["train_layers"])
     torch.manual_seed(seed)
@@ -127,50 +90,101 @@ def metadistil_accuracies(seed: int, teacher_ce_weight: float) -> tuple[float, f
     student.head.load_state_dict(teacher.head.state_dict())
     student.encoder.embeddings.word_embeddings.weight.requires_grad_(False)
     method = MetaDistil(student, TeacherTop(teacher, s["train_layers"]), quiz_store, pilot_lr=s["lr"],
-                        teacher_lr=s["teacher_lr"], alpha=s["alpha"], temperature=s["temperature"], seed=seed,
+                        teacher_lr=teacher_lr, alpha=s["alpha"], temperature=s["temperature"], seed=seed,
                         teacher_ce_weight=teacher_ce_weight)
     fit(method, store, None, num_epochs=s["num_epochs"], lr=s["lr"], seed=seed, progress=False)
-    student_acc = evaluate(student, test_loader)["acc"]
-    top = method.teacher.eval()
-    device = next(top.parameters()).device
-    correct = n = 0
-    with torch.no_grad():
-        for tb, yb in test_store:
-            correct += (top(tb.to(device)).argmax(-1).cpu() == yb).sum().item()
-            n += len(yb)
-    return student_acc, correct / n
+    labels = torch.cat([yb for _, yb in test_store])
+    before = _test_logits(TeacherTop(teacher, s["train_layers"]), test_store)
+    after = _test_logits(method.teacher, test_store)
+    return {"student": evaluate(student, test_loader)["acc"],
+            "teacher": (after.argmax(-1) == labels).float().mean().item(),
+            "kl": soft_target_kl(before, after, s["temperature"])}
 
 
-@register("17.teacher-ce", hint="one more experiment.run over the chapter's live seeds, built like the chapter's "
-                                "MetaDistil run with only teacher_ce_weight changed; score the student with "
-                                "evaluate and the teacher with teacher_metrics, and keep every list in seed order.")
-def _check_17_teacher_ce(answer):
+def _allowed() -> float:
+    """How far a re-trained accuracy may be: one test sentence of float noise on a CPU, three on a GPU."""
     from kdedu.train import default_device
 
-    s = TEACHER_CE_SETTING
-    answer_dict(answer, ("seeds", "ce", "plain", "teacher", "verdict"))
-    seeds = answer_seeds(answer, s["min_seeds"])
+    return (1 if default_device().type == "cpu" else 3) / LIVE_SETTING["n_test"] + 1e-9
+
+
+def _numbers(name: str, values, n: int, what: str) -> list[float]:
+    values = values.tolist() if hasattr(values, "tolist") else values
+    if isinstance(values, (str, bytes, dict)) or not hasattr(values, "__len__") or len(values) != n:
+        raise Wrong(f"{name} should be a list of {n} numbers, one per {what}.")
+    return [answer_number(f"an entry of {name}", v) for v in values]
+
+
+def _retrained(name: str, got: float, again: float, where: str) -> None:
+    if abs(got - again) > _allowed():
+        raise Wrong(f"{where}: your {name} says {100 * got:.2f} %, but training it again in the live setting "
+                    f"({LIVE_SETTING['n_train']} sentences, {LIVE_SETTING['num_epochs']} epoch, lr = "
+                    f"{LIVE_SETTING['lr']:g}) gives {100 * again:.2f} %. Check the run's settings and the order of "
+                    "the values.")
+
+
+# ------------------------------------------------------------------------------------------------
+# 17.movement: how far the teacher moves, against its learning rate.
+# ------------------------------------------------------------------------------------------------
+@register("17.movement", hint="call the chapter's train_meta once per teacher learning rate, with the same seed; "
+                              "teacher_kl and teacher_metrics score the teacher it returns, evaluate the student.")
+def _check_17_movement(answer):
+    s, n = LIVE_SETTING, len(MOVEMENT_LRS)
+    answer_dict(answer, ("seed", "teacher_lr", "kl", "teacher_acc", "student_acc"))
+    seed = answer["seed"]
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise Wrong(f'answer["seed"] should be an integer seed, got {seed!r}.')
+    lrs = _numbers('answer["teacher_lr"]', answer["teacher_lr"], n, "run")
+    if not all(math.isclose(a, b, rel_tol=1e-9) for a, b in zip(lrs, MOVEMENT_LRS, strict=True)):
+        raise Wrong(f'answer["teacher_lr"] should be {list(MOVEMENT_LRS)}, in this order.')
+    kl = _numbers('answer["kl"]', answer["kl"], n, "teacher learning rate")
+    if any(v < 0 for v in kl):
+        raise Wrong('answer["kl"] has a negative entry; a KL divergence is never negative.')
+    teacher = answer_accuracies('answer["teacher_acc"]', answer["teacher_acc"], n, s["n_test"], "test sentences")
+    student = answer_accuracies('answer["student_acc"]', answer["student_acc"], n, s["n_test"], "test sentences")
+    if teacher == student:
+        raise Wrong('answer["teacher_acc"] repeats your students\' accuracies: score each meta-trained teacher.')
+    i = picked([seed, lrs, kl, teacher, student], n)
+    again = metadistil_run(seed, MOVEMENT_LRS[i], 0.0)
+    where = f"seed {seed}, teacher_lr = {MOVEMENT_LRS[i]:g}"
+    _retrained('answer["student_acc"]', student[i], again["student"], where)
+    _retrained('answer["teacher_acc"]', teacher[i], again["teacher"], where)
+    try:
+        close(f'answer["kl"] for teacher_lr = {MOVEMENT_LRS[i]:g}', kl[i], again["kl"], rel=0.05, abs_=1e-7)
+    except Wrong as err:
+        raise Wrong(f"{err} Training it again gives {again['kl']:.3g} nats: the mean over the test sentences of "
+                    f"KL(original || meta-trained) at T = {s['temperature']:g}.") from None
+    return (f"your run at teacher_lr = {MOVEMENT_LRS[i]:g} reproduces. Over a hundredfold range of learning rates "
+            f"the soft targets moved by {kl[0]:.2g} to {kl[-1]:.2g} nats (mean KL), and the teacher's test accuracy "
+            f"went from {100 * teacher[0]:.1f} % to {100 * teacher[-1]:.1f} %.")
+
+
+# ------------------------------------------------------------------------------------------------
+# 17.teacher-ce: does the teacher's own cross-entropy keep its accuracy, at a learning rate where it moves?
+# ------------------------------------------------------------------------------------------------
+@register("17.teacher-ce", hint="two runs per live seed with train_meta at the exercise's teacher learning rate, one "
+                                "with teacher_ce_weight=0 and one with 1; keep every list in seed order.")
+def _check_17_teacher_ce(answer):
+    from kdedu.stats import compare
+
+    s, t = LIVE_SETTING, TEACHER_CE
+    answer_dict(answer, ("seeds", "plain", "ce", "teacher_plain", "teacher_ce"))
+    seeds = answer_seeds(answer, t["min_seeds"])
     n = len(seeds)
-    ce = answer_accuracies('answer["ce"]', answer["ce"], n, s["n_test"], "test sentences")
-    plain = answer_accuracies('answer["plain"]', answer["plain"], n, s["n_test"], "test sentences")
-    teacher = answer_accuracies('answer["teacher"]', answer["teacher"], n, s["n_test"], "test sentences")
-    if teacher == ce:
-        raise Wrong('answer["teacher"] repeats your students\' accuracies: score each teacher (method.teacher) '
-                    "with teacher_metrics.")
-    c = answer_verdict(answer, ce, plain, 'answer["ce"] first')
-    i = picked([seeds, ce, plain, teacher], n)
-    allowed = (1 if default_device().type == "cpu" else 3) / s["n_test"] + 1e-9  # a sentence of float noise
-    student_ce, teacher_ce = metadistil_accuracies(seeds[i], s["teacher_ce_weight"])
-    student_plain, _ = metadistil_accuracies(seeds[i], 0.0)
-    for name, got, again, what in (("plain", plain[i], student_plain, "the chapter's MetaDistil student"),
-                                   ("ce", ce[i], student_ce, "a MetaDistil student with teacher_ce_weight=1"),
-                                   ("teacher", teacher[i], teacher_ce, "its teacher")):
-        if abs(got - again) > allowed:
-            raise Wrong(f'seed {seeds[i]}: your answer["{name}"] says {100 * got:.2f} %, but training {what} in the '
-                        f"live setting ({s['n_train']} sentences, {s['num_epochs']} epoch, lr = {s['lr']:g}) gives "
-                        f"{100 * again:.2f} %. Check teacher_ce_weight, the student, the setting and the order of "
-                        "the values.")
-    return (f"your seed {seeds[i]} reproduces. With the teacher's own cross-entropy in its objective the students "
-            f"score {100 * c['mean']:+.2f} ± {100 * c['se']:.2f} points (mean ± s.e.) against the chapter's: "
-            f"{c['verdict']} over {n} seeds (minimum detectable effect {100 * c['mde']:.2f} points); your teachers "
-            f"score {100 * sum(teacher) / n:.1f} % on average.")
+    lists = {key: answer_accuracies(f'answer["{key}"]', answer[key], n, s["n_test"], "test sentences")
+             for key in ("plain", "ce", "teacher_plain", "teacher_ce")}
+    if lists["teacher_plain"] == lists["plain"] or lists["teacher_ce"] == lists["ce"]:
+        raise Wrong("a teacher list repeats the students' accuracies: score each run's meta-trained teacher.")
+    i = picked([seeds, *lists.values()], n)
+    plain = metadistil_run(seeds[i], t["teacher_lr"], 0.0)
+    ce = metadistil_run(seeds[i], t["teacher_lr"], t["teacher_ce_weight"])
+    where = f"seed {seeds[i]}, teacher_lr = {t['teacher_lr']:g}"
+    for key, again in (("plain", plain["student"]), ("ce", ce["student"]), ("teacher_plain", plain["teacher"]),
+                       ("teacher_ce", ce["teacher"])):
+        _retrained(f'answer["{key}"]', lists[key][i], again, f"{where}, {key}")
+    teachers = compare(lists["teacher_ce"], lists["teacher_plain"])
+    students = compare(lists["ce"], lists["plain"])
+    return (f"your seed {seeds[i]} reproduces. With its own cross-entropy the teacher scores "
+            f"{100 * teachers['mean']:+.2f} ± {100 * teachers['se']:.2f} points (mean ± s.e. over {n} seeds) against "
+            f"the teacher without it ({teachers['verdict']}); the students, {100 * students['mean']:+.2f} ± "
+            f"{100 * students['se']:.2f} points ({students['verdict']}).")

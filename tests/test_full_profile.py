@@ -14,27 +14,12 @@ chapter says it does.
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
-import jupytext
 import pytest
 import torch
+from stand_ins import BOOK, code_cells, local_encoders, run_full_profile, sst2_from_corpus, tiny_bert
 
 import kdedu.data
 import kdedu.models
-
-BOOK = Path(__file__).resolve().parents[1] / "book"
-
-
-def _script(src: str) -> str:
-    """Code-cell source as plain Python: no Colab install line, no IPython magics."""
-    src = re.sub(r'^if "google.colab" in sys.modules:.*$', "if False:", src, flags=re.M)
-    return re.sub(r"^(\s*)%.*$", r"\1pass", src, flags=re.M)
-
-
-def _code_cells(md: Path) -> list[str]:
-    return [c.source for c in jupytext.read(md).cells if c.cell_type == "code"]
 
 
 @pytest.mark.parametrize("chapter", ["07-teacher-assistants", "08-annealing-kd"])
@@ -54,15 +39,11 @@ def test_cifar_cell_runs_with_a_stand_in(chapter, tmp_path, monkeypatch, capsys)
 
     monkeypatch.setattr(kdedu.data, "cifar", cifar)
     monkeypatch.setattr(torch.utils.data, "DataLoader", InProcessLoader)
-    monkeypatch.setenv("KDEDU_PROFILE", "full")
-    monkeypatch.setenv("KDEDU_CACHE", str(tmp_path / "cache"))
-    cells = _code_cells(BOOK / f"{chapter}.md")
+    cells = code_cells(BOOK / f"{chapter}.md")
     full = [c for c in cells if c.startswith('if kdedu.profile.current() == "full":')]
     assert len(full) == 1, "the chapter should have exactly one full-profile cell"
     imports = "\n".join(line for c in cells[1:] for line in c.splitlines() if line.startswith(("import ", "from ")))
-    namespace = {"__name__": "__main__"}
-    for source in (_script(cells[0]), imports, full[0]):
-        exec(compile(source, chapter, "exec"), namespace)
+    namespace = run_full_profile(monkeypatch, tmp_path, chapter, [cells[0], imports, full[0]])
     out = capsys.readouterr().out
     if chapter.startswith("07"):
         assert "ResNet-8, TAKD" in out and "TAKD cost: 60 epochs" in out  # assistant + student, 30 each
@@ -73,44 +54,12 @@ def test_cifar_cell_runs_with_a_stand_in(chapter, tmp_path, monkeypatch, capsys)
 
 
 def test_chapter10_full_profile_runs_with_stand_ins(tmp_path, monkeypatch, capsys):
-    pd = pytest.importorskip("pandas")
+    pytest.importorskip("pandas")
     pytest.importorskip("datasets")
-    from transformers import BertConfig, BertModel
-
     _, tokenizer = kdedu.models.load_minilm()
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=12,
-                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
-    torch.manual_seed(0)
-    checkpoint = tmp_path / "tiny-bert"
-    BertModel(config).save_pretrained(checkpoint)
-    tokenizer.save_pretrained(checkpoint)
-    for split, name, n in (("train", "train", 256), ("test", "validation", 128)):
-        s = kdedu.data.sentiment(split, limit=n)
-        pd.DataFrame({"sentence": s.sentences, "label": s.y.tolist()}).to_parquet(tmp_path / f"{name}.parquet")
-
-    loaded = []
-    real_load_encoder, real_sst2 = kdedu.models.load_encoder, kdedu.data.sst2
-
-    def load_encoder(name, **kwargs):
-        loaded.append(name)
-        return real_load_encoder(checkpoint if name == "bert-base-uncased" else name, **kwargs)
-
-    def sst2(split, limit=None):
-        return real_sst2(split, data_files=tmp_path / f"{split}.parquet", limit=limit)
-
-    monkeypatch.setattr(kdedu.models, "load_encoder", load_encoder)
-    monkeypatch.setattr(kdedu.data, "sst2", sst2)
-    monkeypatch.setenv("KDEDU_PROFILE", "full")
-    monkeypatch.setenv("KDEDU_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("MPLBACKEND", "Agg")
-    namespace = {"__name__": "__main__"}
-    try:
-        chapter = BOOK / "10-intermediate-layers.md"
-        exec(compile(_script("\n\n".join(_code_cells(chapter))), str(chapter), "exec"), namespace)
-    finally:
-        import matplotlib.pyplot as plt
-
-        plt.close("all")
+    loaded = local_encoders(monkeypatch, {"bert-base-uncased": tiny_bert(tmp_path / "tiny-bert", tokenizer)})
+    sst2_from_corpus(monkeypatch, tmp_path, train=256, test=128)
+    namespace = run_full_profile(monkeypatch, tmp_path, "10-intermediate-layers")
     out = capsys.readouterr().out
     assert loaded == ["bert-base-uncased"]  # the full branch ran, not the cached MiniLM teacher
     assert namespace["FULL"] and list(namespace["STUDENT_LAYERS"]) == ["12→4", "12→2"]

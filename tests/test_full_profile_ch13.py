@@ -7,16 +7,13 @@ for ``Helsinki-NLP/opus-mt-en-ro``, and a local JSON Lines file of grammar pairs
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
-from test_full_profile import _code_cells, _script
+from stand_ins import BOOK, code_cells, run_full_profile
 
 import kdedu.data
 import kdedu.models
-
-BOOK = Path(__file__).resolve().parents[1] / "book"
 
 
 def test_chapter13_full_cell_runs_with_stand_ins(tmp_path, monkeypatch, capsys):
@@ -57,15 +54,11 @@ def test_chapter13_full_cell_runs_with_stand_ins(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", local(real_tokenizer))
     monkeypatch.setattr(transformers.AutoModelForSeq2SeqLM, "from_pretrained", local(real_model))
     monkeypatch.setattr(kdedu.data, "translation_pairs", pairs)
-    monkeypatch.setenv("KDEDU_PROFILE", "full")
-    monkeypatch.setenv("KDEDU_CACHE", str(tmp_path / "cache"))
-    cells = _code_cells(BOOK / "13-sequence-kd.md")
+    cells = code_cells(BOOK / "13-sequence-kd.md")
     full = [c for c in cells if 'if kdedu.profile.current() == "full":' in c]
     assert len(full) == 1
-    setup = cells[0]  # the imports; the full cell needs BEAM, bleu, WordKD, Markdown from earlier cells
-    namespace = {"__name__": "__main__", "BEAM": 2}
-    exec(compile(_script(setup), "setup", "exec"), namespace)
-    exec(compile(_script(full[0]), "full", "exec"), namespace)
+    # the first cell has the imports; the full cell needs BEAM, bleu, WordKD, Markdown from earlier cells
+    namespace = run_full_profile(monkeypatch, tmp_path, "13-sequence-kd", [cells[0], full[0]], {"BEAM": 2})
     out = capsys.readouterr().out
     assert loaded == ["Helsinki-NLP/opus-mt-en-ro"] * 2  # the tokenizer and the teacher, from the stand-in
     rows = namespace["full_rows"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_full_profile import BOOK, _code_cells, _script
+from stand_ins import BOOK, code_cells, run_full_profile
 
 import kdedu.data
 import kdedu.models
@@ -70,14 +70,10 @@ def test_chapter15_full_profile_cell_runs_with_stand_ins(tmp_path, monkeypatch, 
     monkeypatch.setattr(kdedu.models, "load_encoder", load_encoder)
     monkeypatch.setattr(kdedu.data, "translation_pairs", translation_pairs)
     monkeypatch.setattr(kdedu.zoo, "seq2seq_teacher", lambda name, **kw: real_teacher("tiny", verbose=False))
-    monkeypatch.setenv("KDEDU_PROFILE", "full")
-    monkeypatch.setenv("KDEDU_CACHE", str(tmp_path / "cache"))
-    cells = _code_cells(BOOK / "15-non-autoregressive.md")
+    cells = code_cells(BOOK / "15-non-autoregressive.md")
     full = [c for c in cells if c.startswith('if kdedu.profile.current() == "full":')]
     assert len(full) == 1, "the chapter should have exactly one full-profile cell"
-    namespace = {"__name__": "__main__"}
-    for source in (_script(cells[0]), full[0]):
-        exec(compile(source, "15-non-autoregressive", "exec"), namespace)
+    namespace = run_full_profile(monkeypatch, tmp_path, "15-non-autoregressive", [cells[0], full[0]])
     out = capsys.readouterr().out
     assert loaded == [("Helsinki-NLP/opus-mt-en-ro", "AutoModelForSeq2SeqLM")]
     assert set(namespace["real_scores"]) == {"Marian teacher, beam 4", "NAT, raw targets", "NAT, distilled targets"}

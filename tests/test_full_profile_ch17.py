@@ -7,57 +7,19 @@ for ``bert-base-uncased``, and parquet copies of the synthetic corpus stand in f
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-import torch
-from test_full_profile import _code_cells, _script
+from stand_ins import local_encoders, run_full_profile, sst2_from_corpus, tiny_bert
 
-import kdedu.data
 import kdedu.models
-
-BOOK = Path(__file__).resolve().parents[1] / "book"
 
 
 def test_chapter17_full_profile_runs_with_stand_ins(tmp_path, monkeypatch, capsys):
-    pd = pytest.importorskip("pandas")
+    pytest.importorskip("pandas")
     pytest.importorskip("datasets")
-    from transformers import BertConfig, BertModel
-
     _, tokenizer = kdedu.models.load_minilm()
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=12,
-                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
-    torch.manual_seed(0)
-    checkpoint = tmp_path / "tiny-bert"
-    BertModel(config).save_pretrained(checkpoint)
-    tokenizer.save_pretrained(checkpoint)
-    for split, name, n in (("train", "train", 200), ("test", "validation", 96)):
-        s = kdedu.data.sentiment(split, limit=n)
-        pd.DataFrame({"sentence": s.sentences, "label": s.y.tolist()}).to_parquet(tmp_path / f"{name}.parquet")
-
-    loaded = []
-    real_load_encoder, real_sst2 = kdedu.models.load_encoder, kdedu.data.sst2
-
-    def load_encoder(name, **kwargs):
-        loaded.append(name)
-        return real_load_encoder(checkpoint if name == "bert-base-uncased" else name, **kwargs)
-
-    def sst2(split, limit=None):
-        return real_sst2(split, data_files=tmp_path / f"{split}.parquet", limit=limit)
-
-    monkeypatch.setattr(kdedu.models, "load_encoder", load_encoder)
-    monkeypatch.setattr(kdedu.data, "sst2", sst2)
-    monkeypatch.setenv("KDEDU_PROFILE", "full")
-    monkeypatch.setenv("KDEDU_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("MPLBACKEND", "Agg")
-    namespace = {"__name__": "__main__"}
-    try:
-        chapter = BOOK / "17-metadistil.md"
-        exec(compile(_script("\n\n".join(_code_cells(chapter))), str(chapter), "exec"), namespace)
-    finally:
-        import matplotlib.pyplot as plt
-
-        plt.close("all")
+    loaded = local_encoders(monkeypatch, {"bert-base-uncased": tiny_bert(tmp_path / "tiny-bert", tokenizer)})
+    sst2_from_corpus(monkeypatch, tmp_path, train=200, test=96)
+    namespace = run_full_profile(monkeypatch, tmp_path, "17-metadistil")
     out = capsys.readouterr().out
     # the full branch ran, not the cached MiniLM teacher (the chapter loads BERT-base again, to compare its blocks)
     assert loaded and set(loaded) == {"bert-base-uncased"}

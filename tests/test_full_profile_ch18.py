@@ -39,4 +39,7 @@ def test_chapter18_full_profile_runs_with_stand_ins(tmp_path, monkeypatch, capsy
     assert len(namespace["quiz_set"]) == 100 and len(namespace["train_split"]) == 100  # 200 rows: 100 quiz
     assert all(len(r.values) == 3 for r in namespace["results"].values())  # three seeds in the full profile
     assert set(namespace["meta_results"]) == set(namespace["META"])     # the MetaDistil students trained too
+    # the stored table holds MiniLM students: the full profile must read its own runs, not the table
+    assert namespace["source"] == namespace["meta_source"] == "live `full`"
+    assert namespace["key_runs"] is namespace["results"] and namespace["meta_runs"] is namespace["meta_results"]
     assert "KD ← A + B beats KD ← A" in out

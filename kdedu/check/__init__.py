@@ -260,6 +260,7 @@ from kdedu.check import (  # noqa: E402, F401
     ch12,
     ch13,
     ch15,
+    ch16,
     ch17,
     ch18,
     ch19,

@@ -20,24 +20,23 @@ from kdedu.check import (
 )
 
 
-@register("15.one-language", hint="each position draws its language on its own: count the ways that all T "
-                                  "positions can land in the same language, and the probability of each way.")
+@register("15.one-language", hint="each position draws its language on its own. Which events are disjoint?")
 def _check_15_one_language(fn):
-    function("p_one_language(T, k)", fn)
-    for T, k in ((6, 3), (2, 3), (9, 3), (4, 2), (5, 4), (3, 1), (1, 3)):
-        expected = k * (1 / k) ** T  # k languages, each with probability (1/k)^T for all T positions
-        got = answer_number(f"your p_one_language({T}, {k})", fn(T, k))
+    function("p_one_language(L, k)", fn)
+    for L, k in ((6, 3), (2, 3), (9, 3), (4, 2), (5, 4), (3, 1), (1, 3)):
+        expected = k * (1 / k) ** L  # k languages, each with probability (1/k)^L for all L positions
+        got = answer_number(f"your p_one_language({L}, {k})", fn(L, k))
         if math.isclose(got, expected, rel_tol=1e-6):
             continue
-        if k > 1 and math.isclose(got, (1 / k) ** T, rel_tol=1e-6):
-            raise Wrong(f"p_one_language({T}, {k}) = {got:.4g} is the probability of one given language; any of the "
+        if k > 1 and math.isclose(got, (1 / k) ** L, rel_tol=1e-6):
+            raise Wrong(f"p_one_language({L}, {k}) = {got:.4g} is the probability of one given language; any of the "
                         f"{k} languages will do.")
-        if T > 1 and math.isclose(got, 1 / k, rel_tol=1e-6):
-            raise Wrong(f"p_one_language({T}, {k}) = {got:.4g} does not depend on the length; every further position "
+        if L > 1 and math.isclose(got, 1 / k, rel_tol=1e-6):
+            raise Wrong(f"p_one_language({L}, {k}) = {got:.4g} does not depend on the length; every further position "
                         "is another independent draw.")
-        close(f"your p_one_language({T}, {k})", got, expected, rel=1e-6, abs_=0.0)
-    return ("k (1/k)^T = k^(1 - T): a one-language output becomes exponentially rare with the length, 1 in 243 for six "
-            "words in three languages.")
+        close(f"your p_one_language({L}, {k})", got, expected, rel=1e-6, abs_=0.0)
+    return ("k (1/k)^L = k^(1 - L): a one-language output becomes exponentially rare with the length L, 1 in 243 for "
+            "six words in three languages.")
 
 
 def _ideal_nat_mass(dist: dict) -> float:
@@ -106,29 +105,49 @@ def _check_15_ideal_nat(fn):
 SAMPLED_SETTING = {"n_train": 1500, "d_model": 64, "num_heads": 4, "layers": 2, "dim_feedforward": 128,
                    "dropout": 0.1, "num_epochs": 5, "lr": 3e-3, "warmup_steps": 30, "batch_size": 64,
                    "length_weight": 0.1, "sample_seed": 0, "min_seeds": 3, "n_test": 500}
-"""The chapter's live setting (its ``train_nat`` in the ``fast`` and ``full`` profiles) and the sampling seed."""
+"""The chapter's live setting (its ``train_nat`` in the ``fast`` and ``full`` profiles; the chapter asserts that
+its ``SETTING`` is contained in this dict), the sampling seed, the number of seeds asked for and of test sources
+scored (the first ``n_test``: all 500 in the chapter). The tests swap in a smaller setting."""
+
+
+def _test_sources(n_test: int) -> list:
+    from kdedu import data
+
+    test = data.translation("test", target=data.THREE_LANGUAGES)
+    if not 0 < n_test <= len(test):
+        raise ValueError(f"n_test must be in 1..{len(test)}, got {n_test}")
+    return test.sources[:n_test]
+
+
+def _sampled_transfer_set(sample_seed: int):
+    """The first ``n_train`` training sources with the teacher's sampled translations (temperature 1)."""
+    return _sampled_transfer_set_of(sample_seed, SAMPLED_SETTING["n_train"])
 
 
 @functools.lru_cache(maxsize=2)
-def _sampled_transfer_set(sample_seed: int):
-    """The first ``n_train`` training sources with the teacher's sampled translations (temperature 1)."""
+def _sampled_transfer_set_of(sample_seed: int, n_train: int):
     from kdedu import data, zoo
     from kdedu.models import translate
 
     teacher = zoo.seq2seq_teacher("three-languages", verbose=False)
-    train = data.translation("train", target=data.THREE_LANGUAGES, limit=SAMPLED_SETTING["n_train"])
+    train = data.translation("train", target=data.THREE_LANGUAGES, limit=n_train)
     return train.with_targets(translate(teacher, train.sources, teacher.vocab, strategy="sample",
                                         seed=sample_seed)), teacher.vocab
 
 
-@functools.lru_cache(maxsize=16)  # a resubmitted answer is checked again in no time
 def sampled_nat_mixed(seed: int, sample_seed: int = 0) -> float:
     """Share of the test translations that mix languages, for the chapter's NAT trained on the sampled transfer set.
 
-    The same steps as the chapter's ``train_nat``: ``torch.manual_seed(seed)``, then ``NAT(len(vocab), 64, 4, 2, 2,
-    128, 0.1)``, batches of 64 in an order set by ``fit(..., seed=seed)``, 5 epochs of ``NATLoss(nat, 0.1)`` at
-    lr 3e-3 with a linear schedule and 30 warm-up steps; then parallel decoding of the 500 test sources.
+    The same steps as the chapter's ``train_nat``, with :data:`SAMPLED_SETTING`: ``torch.manual_seed(seed)``, then
+    ``NAT(len(vocab), 64, 4, 2, 2, 128, 0.1)``, batches of 64 in an order set by ``fit(..., seed=seed)``, 5 epochs
+    of ``NATLoss(nat, 0.1)`` at lr 3e-3 with a linear schedule and 30 warm-up steps; then parallel decoding of the
+    500 test sources.
     """
+    return _sampled_nat_mixed(seed, sample_seed, tuple(sorted(SAMPLED_SETTING.items())))
+
+
+@functools.lru_cache(maxsize=16)  # a resubmitted answer is checked again in no time
+def _sampled_nat_mixed(seed: int, sample_seed: int, setting: tuple) -> float:
     import torch
 
     from kdedu import data
@@ -136,15 +155,14 @@ def sampled_nat_mixed(seed: int, sample_seed: int = 0) -> float:
     from kdedu.models import NAT, translate
     from kdedu.train import fit
 
-    s = SAMPLED_SETTING
-    split, vocab = _sampled_transfer_set(sample_seed)
+    s = dict(setting)
+    split, vocab = _sampled_transfer_set_of(sample_seed, s["n_train"])
     torch.manual_seed(seed)
     nat = NAT(len(vocab), s["d_model"], s["num_heads"], s["layers"], s["layers"], s["dim_feedforward"], s["dropout"])
     loader = data.translation_loader(split, vocab, s["batch_size"], shuffle=True, seed=None)
     fit(NATLoss(nat, s["length_weight"]), loader, None, num_epochs=s["num_epochs"], lr=s["lr"], schedule="linear",
         warmup_steps=s["warmup_steps"], seed=seed, progress=False)
-    test = data.translation("test", target=data.THREE_LANGUAGES)
-    out = translate(nat, test.sources, vocab)
+    out = translate(nat, _test_sources(s["n_test"]), vocab)
     return sum(map(data.mixes_languages, out)) / len(out)
 
 
@@ -159,14 +177,16 @@ def _check_15_sampled(answer):
     seeds = answer_seeds(answer, s["min_seeds"])
     entropy = answer_number('answer["entropy"]', answer["entropy"])
     split, _ = _sampled_transfer_set(s["sample_seed"])
-    expected = data.corpus_conditional_entropy(split)["entropy"]
+    estimate = data.corpus_conditional_entropy(split)
+    expected = estimate["entropy"]
+    train = data.translation("train", target=data.THREE_LANGUAGES, limit=s["n_train"])
+    raw = data.corpus_conditional_entropy(train)["entropy"]
     if not math.isclose(entropy, expected, abs_tol=0.02):
-        train = data.translation("train", target=data.THREE_LANGUAGES, limit=s["n_train"])
-        if math.isclose(entropy, data.corpus_conditional_entropy(train)["entropy"], abs_tol=1e-3):
+        if math.isclose(entropy, raw, abs_tol=1e-3):
             raise Wrong('answer["entropy"] is the raw training data\'s; measure the sampled transfer set.')
         if math.isclose(entropy, data.conditional_entropy(train), abs_tol=1e-3):
             raise Wrong('answer["entropy"] is the grammar\'s true entropy; estimate it from the sampled targets.')
-        raise Wrong(f'answer["entropy"] = {entropy:.3f} nats is not the estimated conditional entropy of the '
+        raise Wrong(f'answer["entropy"] = {entropy:.3f} nats is not the pooled choice entropy of the '
                     f"sampled transfer set (the first {s['n_train']} training sources, sampling seed "
                     f"{s['sample_seed']}).")
     mixed = answer_accuracies('answer["mixed"]', answer["mixed"], len(seeds), s["n_test"], unit="test sentences")
@@ -180,5 +200,7 @@ def _check_15_sampled(answer):
                     f"trained on the sampled transfer set gives {100 * again:.1f} %. Check the transfer set, the "
                     "training steps and the order of the values.")
     mean = sum(mixed) / len(mixed)
-    return (f"your seed {seeds[i]} reproduces. The sampled transfer set keeps {expected:.2f} nats of the data's "
-            f"uncertainty, and the NAT trained on it mixes languages in {100 * mean:.1f} % of its outputs.")
+    return (f"your seed {seeds[i]} reproduces. The sampled transfer set's pooled choice entropy is {expected:.2f} "
+            f"nats (the raw training data's: {raw:.2f}), estimated from the {100 * estimate['valid']:.1f} % of the "
+            f"samples that are valid translations; the NAT trained on it mixes languages in {100 * mean:.1f} % of its "
+            "outputs.")

@@ -19,8 +19,8 @@ from kdedu.check import (
 )
 
 
-@register("18.binary", hint="averaging the logits multiplies the teachers' distributions (each to the power 1/2) "
-                            "before the softmax normalises them again; write both classes' products.")
+@register("18.binary", hint="give each teacher two-class logits (what logit is the negative class allowed to "
+                            "have?), then follow the definition of averaging logits at T = 1.")
 def _check_18_binary(fn):
     function("my_logit_average(p, q)", fn)
     g = torch.Generator().manual_seed(18)

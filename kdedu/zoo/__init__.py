@@ -11,13 +11,15 @@ stored configuration and the state dict's keys and shapes are all checked; a cor
 entry is reported with a warning and retrained, never silently used.
 
 The recipes live by part: :mod:`kdedu.zoo.vision` (digits), :mod:`kdedu.zoo.text` (sentiment teachers, the
-masked LM) and :mod:`kdedu.zoo.sequences` (translation teachers); :mod:`kdedu.zoo._cache` is the cache.
+masked LM), :mod:`kdedu.zoo.sequences` (translation teachers) and :mod:`kdedu.zoo.lm` (GPT teachers);
+:mod:`kdedu.zoo._cache` is the cache.
 """
 
 from kdedu.zoo._cache import cache_dir, cached
+from kdedu.zoo.lm import LM_RECIPES, gpt_teacher
 from kdedu.zoo.sequences import SEQ_RECIPES, seq2seq_teacher
 from kdedu.zoo.text import MLM_RECIPES, TEXT_RECIPES, masked_lm, text_teacher
 from kdedu.zoo.vision import RECIPES, teacher
 
 __all__ = ["cache_dir", "cached", "teacher", "RECIPES", "text_teacher", "TEXT_RECIPES", "masked_lm", "MLM_RECIPES",
-           "seq2seq_teacher", "SEQ_RECIPES"]
+           "seq2seq_teacher", "SEQ_RECIPES", "gpt_teacher", "LM_RECIPES"]

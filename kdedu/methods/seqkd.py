@@ -11,7 +11,9 @@ possible output, exponentially many. Kim & Rush (2016) give three practical answ
   prefixes, which is not the sequence-level KL (:func:`sequence_kl` computes both on a tiny model);
 * **Seq-KD** (:class:`SeqKD`): approximate the teacher's distribution by its mode, found by beam search,
   and train the student on it with plain cross-entropy: a new transfer set, ``(x, beam(teacher, x))``.
-  ``alpha > 0`` adds word-level KD on those targets ("Seq-KD + Word-KD", Kim & Rush's best student);
+  ``alpha > 0`` adds word-level KD on those targets ("Seq-KD + Word-KD", one of Kim & Rush's combinations).
+  Kim & Rush's beam ranks its candidates by log p: pass ``length_penalty=0`` for that (the default, 1, divides
+  by the length, fairseq's convention, and favours longer outputs);
 * **Seq-Inter** (:class:`SeqInter`): train on the candidate of the teacher's beam that is closest to the
   reference (highest sentence-level BLEU): the teacher's mode, pulled towards the data.
 
@@ -62,16 +64,16 @@ class WordKD(Distiller):
     def forward(self, x, y: torch.Tensor) -> dict[str, torch.Tensor]:
         if y is None:
             raise ValueError(f"{type(self).__name__} needs the batch's labels (B, T) (-100 on padding)")
-        z_s = run(self.student, x).require_logits("the student")                 # (B, T, V)
+        z_s = run(self.student, x).require_logits("the student")                 # (B, L, V)
         if z_s.shape[:-1] != y.shape:
             raise ValueError(f"the student's logits {tuple(z_s.shape)} do not line up with the labels "
                              f"{tuple(y.shape)}: pass decoder_input_ids of the labels' length")
-        keep = y != IGNORE_INDEX                                                  # (B, T)
+        keep = y != IGNORE_INDEX                                                  # (B, L)
         terms = {}
         if self.alpha < 1:
             terms["ce"] = (1 - self.alpha) * cross_entropy(z_s, y, keep)
         if self.alpha > 0:
-            z_t = self.teacher_logits(x)                                          # (B, T, V)
+            z_t = self.teacher_logits(x)                                          # (B, L, V)
             if z_t.shape != z_s.shape:
                 raise ValueError(f"the teacher's logits {tuple(z_t.shape)} and the student's {tuple(z_s.shape)} "
                                  f"differ (different vocabularies?)")
@@ -101,7 +103,9 @@ def _cache_root(root) -> Path:
 def teacher_beams(teacher: nn.Module, sources, vocab, beam_size: int = 5, length_penalty: float = 1.0,
                   max_length: int | None = None, batch_size: int = 256, cache: bool = True, root=None) -> list:
     """The teacher's ``beam_size`` best translations of each source: per source a list of
-    ``(text, normalised score)``, best first. Computed once and cached (atomic write) under
+    ``(text, score)``, best first, the score ``log p / |y| ** length_penalty`` (``length_penalty=0``: log p, the
+    ranking of Kim & Rush's beam search; the candidates are the same for every ``length_penalty``, only their
+    order differs). Computed once and cached (atomic write) under
     ``$KDEDU_CACHE/seqkd``, keyed by the teacher's weights (:func:`model_checksum`), the sources, the
     vocabulary and the decoding configuration; ``cache=False`` recomputes and stores nothing.
     ``sources`` is a list of strings or a :class:`~kdedu.data.TranslationSplit`."""

@@ -648,11 +648,12 @@ def dispatch_and_compile():
     return kernels.triton_status()
 
 
-def _run_group(group: str) -> dict:
+def run_group(cases: dict, group: str) -> dict:
+    """Run every case of ``group`` (in the interpreter subprocess), recording each outcome instead of stopping."""
     import time
 
     results = {}
-    for name, (g, fn) in CASES.items():
+    for name, (g, fn) in cases.items():
         if g != group:
             continue
         start = time.perf_counter()
@@ -664,27 +665,37 @@ def _run_group(group: str) -> dict:
     return results
 
 
-@pytest.mark.parametrize("group", ["a", "b"])
-def test_triton_kernel_in_the_interpreter(group):
+def check_in_interpreter(script: Path, cases: dict, group: str) -> None:
+    """Run ``script GROUP`` with ``TRITON_INTERPRET=1`` and assert that every case of ``group`` passed there."""
     pytest.importorskip("triton")
     env = {**os.environ, "TRITON_INTERPRET": "1", "KDEDU_KERNELS": "", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(HERE), group], cwd=ROOT, env=env, capture_output=True,
+    proc = subprocess.run([sys.executable, str(script), group], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=600)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     assert proc.returncode == 0 and lines, \
         f"the interpreter subprocess failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     results = json.loads(lines[-1])
-    expected = sorted(n for n, (g, _) in CASES.items() if g == group)
+    expected = sorted(n for n, (g, _) in cases.items() if g == group)
     assert sorted(results) == expected
     failed = {name: r["detail"] for name, r in results.items() if not r["ok"]}
     assert not failed, "Triton interpreter cases failed:\n" + "\n".join(f"  {k}: {v}" for k, v in failed.items())
 
 
-if __name__ == "__main__":  # the interpreter subprocess: TRITON_INTERPRET=1 python tests/test_kernels.py GROUP
+def interpreter_main(cases: dict) -> None:
+    """The interpreter subprocess: print the JSON results of the group named on the command line."""
     import warnings
 
-    # numpy warns when the interpreted kernel forms a nan (inf - inf, 0 * inf), even in a branch that
-    # tl.where then discards: the kernel is written to never do that, so treat it as a failure
+    # numpy warns when the interpreted kernel forms a nan (inf - inf, 0 * inf) or takes log(0), even in a
+    # branch that tl.where then discards: the kernels are written to never do that, so treat it as a failure
     warnings.simplefilter("error", RuntimeWarning)
     torch.set_num_threads(1)
-    print(json.dumps(_run_group(sys.argv[1] if len(sys.argv) > 1 else "a")))
+    print(json.dumps(run_group(cases, sys.argv[1] if len(sys.argv) > 1 else "a")))
+
+
+@pytest.mark.parametrize("group", ["a", "b"])
+def test_triton_kernel_in_the_interpreter(group):
+    check_in_interpreter(HERE, CASES, group)
+
+
+if __name__ == "__main__":  # the interpreter subprocess: TRITON_INTERPRET=1 python tests/test_kernels.py GROUP
+    interpreter_main(CASES)

@@ -20,23 +20,19 @@ bf16 in the interpreter, whose float32 -> bf16 store truncates).
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from test_kernels import _Allocations, assert_close, logits
+from test_kernels import _Allocations, assert_close, check_in_interpreter, interpreter_main, logits
 
 from kdedu import kernels, losses
 from kdedu.kernels import fused_generalized_jsd_loss, fused_kd_loss, fused_reverse_kd_loss
 from kdedu.kernels.reference import jsd_rows_reference
 
 HERE = Path(__file__).resolve()
-ROOT = HERE.parents[1]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -598,43 +594,10 @@ def dispatch_and_compile():
     return kernels.triton_status()
 
 
-def _run_group(group: str) -> dict:
-    import time
-
-    results = {}
-    for name, (g, fn) in CASES.items():
-        if g != group:
-            continue
-        start = time.perf_counter()
-        try:
-            detail, ok = fn(), True
-        except Exception as err:  # report every case, do not stop at the first failure
-            detail, ok = f"{type(err).__name__}: {err}", False
-        results[name] = {"ok": ok, "detail": str(detail)[:500], "seconds": round(time.perf_counter() - start, 2)}
-    return results
-
-
 @pytest.mark.parametrize("group", ["a", "b"])
 def test_triton_kernels_in_the_interpreter(group):
-    pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1", "KDEDU_KERNELS": "", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(HERE), group], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert proc.returncode == 0 and lines, \
-        f"the interpreter subprocess failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    results = json.loads(lines[-1])
-    expected = sorted(n for n, (g, _) in CASES.items() if g == group)
-    assert sorted(results) == expected
-    failed = {name: r["detail"] for name, r in results.items() if not r["ok"]}
-    assert not failed, "Triton interpreter cases failed:\n" + "\n".join(f"  {k}: {v}" for k, v in failed.items())
+    check_in_interpreter(HERE, CASES, group)
 
 
 if __name__ == "__main__":  # TRITON_INTERPRET=1 python tests/test_kernels_divergences.py GROUP
-    import warnings
-
-    # numpy warns when the interpreted kernel forms a nan (inf - inf, 0 * inf) or takes log(0), even in a
-    # branch that tl.where then discards: the kernels are written to never do that, so it is a failure
-    warnings.simplefilter("error", RuntimeWarning)
-    torch.set_num_threads(1)
-    print(json.dumps(_run_group(sys.argv[1] if len(sys.argv) > 1 else "a")))
+    interpreter_main(CASES)

@@ -9,6 +9,7 @@ reader, Colab and the site build rely on:
   ``project.github``, and its first code cell installs kdedu only inside Colab;
 * it is in the table of contents, ends with exercises of which one is checked by ``kdedu.check``;
 * every citation key exists in ``book/references.bib`` and every local link resolves;
+* every figure is referred to from its page's text (``[](#fig-...)``), not only from its caption;
 * ``jupyter book build --md`` (fully offline) reports no error or warning about a source file.
 """
 
@@ -228,6 +229,67 @@ def test_local_links_resolve():
             if path and not (md.parent / path).exists() and f"{md.name}: {target}" not in broken:
                 broken.append(f"{md.name}: {target}")
     assert not broken, f"links to files that do not exist: {broken}"
+
+
+# ------------------------------------------------------------------------------------------------
+# figures: each one is referred to from its page's text
+# ------------------------------------------------------------------------------------------------
+_FIGURE = re.compile(r"^(:{3,}|`{3,})\{figure\}[ \t]*(\S*)[^\n]*\n(.*?)^\1[ \t]*$", re.S | re.M)
+
+
+def _figures(text: str) -> list[tuple[str, ...]]:
+    """Every figure of a page, as the labels a reference to it may use: a ``{figure}`` directive's ``:label:``
+    (first) and the code cell it shows (``:::{figure} #fig-x``), or a code cell's ``#| label: fig-...`` that no
+    directive shows. A figure with no label is an empty tuple."""
+    figures, shown = [], set()
+    for m in _FIGURE.finditer(text):
+        labels = tuple(re.findall(r"^:label:[ \t]*(\S+)", m.group(3), re.M))
+        labels += (m.group(2)[1:],) if m.group(2).startswith("#") else ()
+        shown.update(labels)
+        figures.append(labels)
+    figures += [(cell,) for cell in re.findall(r"^#\|[ \t]*label:[ \t]*(fig-\S+)", text, re.M) if cell not in shown]
+    return figures
+
+
+def _referenced_labels(text: str) -> set[str]:
+    """The labels a page's text refers to (``[](#x)``, ``[words](#x)``, ``{numref}`x```, ``{ref}`words <x>```,
+    ``@x``), outside code and outside figure captions: a figure's own caption does not count."""
+    prose = _strip_code(_FIGURE.sub("", text))
+    refs = set(re.findall(r"\]\(\s*#([\w.:-]+)\s*\)", prose))
+    refs |= set(re.findall(r"\{(?:numref|ref)\}`(?:[^`<]*<)?([\w.:-]+)>?`", prose))
+    refs |= set(re.findall(r"(?<![\w.@])@([\w][\w.:-]*[\w])", prose))
+    return refs
+
+
+def test_every_figure_is_referred_to_in_its_page():
+    """A figure is read where the text points at it: every figure of a book/*.md page is referred to from that
+    page's text (not only from its own caption)."""
+    unreferenced, unlabelled = {}, []
+    for md in sorted(BOOK.glob("*.md")):
+        text = md.read_text(encoding="utf-8")
+        refs = _referenced_labels(text)
+        figures = _figures(text)
+        unlabelled += [md.name for labels in figures if not labels]
+        missing = [labels[0] for labels in figures if labels and not set(labels) & refs]
+        if missing:
+            unreferenced[md.name] = missing
+    assert not unlabelled, f"figures without a label, so nothing can refer to them: {unlabelled}"
+    assert not unreferenced, (f"figures that the text never refers to (write `[](#label)` where the figure is "
+                              f"read): {unreferenced}")
+
+
+def test_figure_reference_parser():
+    text = ("```{code-cell} ipython3\n#| label: fig-a\nplot()  # [](#fig-b-caption) in code does not count\n```\n\n"
+            ":::{figure} #fig-a\n:label: fig-a-caption\nA caption that cites [](#fig-c).\n:::\n\n"
+            "```{code-cell} ipython3\n#| label: fig-b\nplot()\n```\n\n"
+            ":::{figure} #fig-b\n:label: fig-b-caption\nB.\n:::\n\n"
+            "```{code-cell} ipython3\n#| label: fig-c\nplot()\n```\n\n"
+            ":::{figure} ./drawing.png\nNo label.\n:::\n\n"
+            "As [](#fig-a-caption) shows, and [the other one](#fig-d) [@hinton2015].\n")
+    assert _figures(text) == [("fig-a-caption", "fig-a"), ("fig-b-caption", "fig-b"), (), ("fig-c",)]
+    refs = _referenced_labels(text)
+    assert {"fig-a-caption", "fig-d", "hinton2015"} <= refs
+    assert not {"fig-b-caption", "fig-c"} & refs  # in code, or only in another figure's caption
 
 
 # ------------------------------------------------------------------------------------------------

@@ -169,7 +169,7 @@ def test_selective_switch_follows_scripted_bleu_and_switched_off_teachers_are_ne
     def scripted(model, lang):
         return 15.0 if isinstance(model, CountedTeacher) else next(script[lang])
 
-    monkeypatch.setattr(method, "bleu", scripted)
+    monkeypatch.setattr(method, "score", scripted)
     calls = []
 
     class Record:
@@ -188,6 +188,35 @@ def test_selective_switch_follows_scripted_bleu_and_switched_off_teachers_are_ne
     per_epoch = [{lang: calls[e + 1][lang] - calls[e][lang] for lang in calls[e]} for e in range(4)]
     assert per_epoch[2]["fr"] == 0 and all(per_epoch[e]["fr"] > 0 for e in (0, 1, 3))
     assert all(per_epoch[e]["de"] > 0 for e in range(4))
+
+
+def test_selective_metric_scores_the_greedy_translations_and_sets_the_switch(multi):
+    """``metric`` receives the greedy translations of the validation sources (recomputed here with translate) and its
+    value, not BLEU, decides the switch."""
+    from kdedu.metrics import bleu
+    from kdedu.models import translate
+
+    mv, teachers, train, val = multi
+    seen = []
+
+    def first_word_share(hyps, split):
+        seen.append(list(hyps))
+        same = [h.split()[:1] == t.split()[:1] for h, t in zip(hyps, split.targets, strict=True)]
+        return 100.0 * sum(same) / len(hyps)
+
+    student = tiny(len(mv), 3)
+    method = SelectiveMultilingualKD(student, teachers, mv, val=val, threshold=0.0, metric=first_word_share)
+    switches = method.check(1)
+    for lang in ("fr", "de"):
+        by_hand = translate(student, val[lang].sources, mv, strategy="greedy")
+        assert by_hand in seen
+        assert method.log[-2 if lang == "fr" else -1]["student_score"] == first_word_share(by_hand, val[lang])
+        assert switches[lang] == (method.log[-2 if lang == "fr" else -1]["student_score"] < method.teacher_score[lang])
+    default = SelectiveMultilingualKD(student, teachers, mv, val=val)
+    hyps = translate(student, val["fr"].sources, mv, strategy="greedy")
+    assert default.score(student, "fr") == pytest.approx(bleu(hyps, val["fr"].targets))
+    with pytest.raises(TypeError, match="metric"):
+        SelectiveMultilingualKD(student, teachers, mv, val=val, metric="accuracy")
 
 
 def test_selective_loss_by_hand_and_top_k_at_full_vocabulary(multi):
@@ -245,6 +274,31 @@ def test_domain_alternation_phases_transfer_set_and_costs(tmp_path, monkeypatch)
     kd = DomainAlternation(None, teacher, vocab, rounds=1, in_domain_alpha=0.5, beam_size=2, max_length=6)
     r2 = kd.run(office, animals, batch_size=6, device="cpu", progress=False)
     assert r2.cost["teacher_calls"] == 2                                          # cached beams; 2 in-domain batches
+
+
+def test_alternation_batch_by_batch_interleaves_the_two_objectives(tmp_path, monkeypatch):
+    """switch_every=k: k in-domain batches, then k general ones, in turn (the longer loader's rest at the end), each
+    routed to its objective; one phase per round, every batch seen once per epoch."""
+    from kdedu.methods.domain import _Alternating
+
+    order = [b["in_domain"] for b in _Alternating([{"i": 0}] * 5, [{"i": 1}] * 2, every=2)]
+    assert order == [True, True, False, False, True, True, True]
+    assert len(_Alternating([0] * 5, [1] * 2, every=2)) == 7
+    monkeypatch.setenv("KDEDU_CACHE", str(tmp_path))
+    vocab = translation_vocab("fr")
+    teacher = tiny(len(vocab), 1)
+    office, animals = translation("train", domain="office", limit=12), translation("train", limit=18)
+    method = DomainAlternation(None, teacher, vocab, rounds=1, epochs_per_phase=2, switch_every=1, beam_size=2,
+                               max_length=6)
+    calls = []
+    for name, objective in (("in", method.in_domain), ("general", method.seqkd)):
+        original = objective.forward
+        monkeypatch.setattr(objective, "forward", lambda x, y, _f=original, _n=name: (calls.append(_n), _f(x, y))[1])
+    r = method.run(office, animals, batch_size=6, device="cpu", progress=False)
+    assert [name for name, _ in r.phases] == ["mixed 1"] and r.cost["epochs"] == 2
+    assert calls == ["in", "general", "in", "general", "general"] * 2                # 2 office, 3 general batches
+    with pytest.raises(ValueError, match="switch_every"):
+        DomainAlternation(None, teacher, vocab, switch_every=0)
 
 
 # ------------------------------------------------------------------------------------------

@@ -259,6 +259,7 @@ from kdedu.check import (  # noqa: E402, F401
     ch11,
     ch12,
     ch13,
+    ch14,
     ch15,
     ch16,
     ch17,

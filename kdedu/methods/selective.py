@@ -15,7 +15,9 @@ target language, Johnson et al. 2017); each pair ``l`` has its own bilingual tea
 As in the authors' code (``alpha_strategy='threshold'``: ``tau = 1`` BLEU, ``alpha = 0.9``), the teachers may be
 read through their top-k tokens (``top_k``, :func:`kdedu.losses.topk_kd_loss`; they store the top 8). kdedu checks
 after every ``check_every`` epochs (:meth:`SelectiveMultilingualKD.on_epoch_start`) instead of every ``T_check``
-steps, with greedy decoding and corpus BLEU against the validation references (:func:`kdedu.metrics.bleu`).
+steps, with greedy decoding and, by default, corpus BLEU against the validation references (:func:`kdedu.metrics.bleu`);
+``metric`` swaps in another validation score (higher is better, in the units of ``threshold``): with one sampled
+reference per source, BLEU can sit below what a student that outputs the most probable translation deserves.
 
 Each teacher keeps its own vocabulary: :class:`VocabularyBridge` lets it read the student's batches (the tag is
 dropped from the source) and returns its logits over the student's vocabulary (``-inf`` on the words it does not
@@ -100,13 +102,14 @@ class VocabularyBridge(nn.Module):
         return step
 
 
-def distillation_switches(student_bleu: Mapping[str, float], teacher_bleu: Mapping[str, float],
+def distillation_switches(student_score: Mapping[str, float], teacher_score: Mapping[str, float],
                           threshold: float = 1.0) -> dict[str, bool]:
-    """Step 3 of Tan et al.'s Algorithm 1, per language: distil (True) while ``student < teacher + threshold``."""
-    missing = set(student_bleu) ^ set(teacher_bleu)
+    """Step 3 of Tan et al.'s Algorithm 1, per language: distil (True) while ``student < teacher + threshold`` (the
+    scores: validation BLEU in the paper)."""
+    missing = set(student_score) ^ set(teacher_score)
     if missing:
-        raise ValueError(f"student_bleu and teacher_bleu must name the same languages; differ on {sorted(missing)}")
-    return {lang: student_bleu[lang] < teacher_bleu[lang] + threshold for lang in student_bleu}
+        raise ValueError(f"student_score and teacher_score must name the same languages; differ on {sorted(missing)}")
+    return {lang: student_score[lang] < teacher_score[lang] + threshold for lang in student_score}
 
 
 class SelectiveMultilingualKD(Distiller):
@@ -121,18 +124,20 @@ class SelectiveMultilingualKD(Distiller):
         val: ``{language: TranslationSplit}`` (tagged, as the student reads them) for the switch; ``None``: no
             check (every switch stays on: plain multilingual KD).
         alpha, temperature: the KD mixture while a switch is on (the authors' code: 0.9).
-        threshold: τ in BLEU (the authors': 1). ``check_every``: epochs between checks.
+        threshold: τ in the metric's units (the authors': 1 BLEU). ``check_every``: epochs between checks.
+        metric: ``metric(hypotheses, split) -> float``, the validation score of greedy translations of ``split``'s
+            sources (higher is better); ``None``: corpus BLEU against ``split.targets`` (Tan et al.).
         top_k: distil from each teacher's ``top_k`` tokens (:func:`kdedu.losses.topk_kd_loss`); ``None``: all.
 
     Batches come from ``translation_loader(translation(..., target=("fr", "de"), tag=True), vocab)``: the tag
     ``<2xx>`` first in every source says which teacher a row belongs to. ``forward`` returns ``{"ce", "kd"}`` (both
     averaged over all target tokens of the batch). ``switches`` holds ``f_l``; ``log`` one record per check
-    (epoch, language, student and teacher BLEU, the switch after it); ``teachers[lang].cost()`` its queries.
+    (epoch, language, student and teacher score, the switch after it); ``teachers[lang].cost()`` its queries.
     """
 
     def __init__(self, student: nn.Module, teachers: Mapping[str, nn.Module], vocab, val: Mapping | None = None,
                  alpha: float = 0.5, temperature: float = 1.0, threshold: float = 1.0, check_every: int = 1,
-                 top_k: int | None = None, batch_size: int = 256):
+                 top_k: int | None = None, metric=None, batch_size: int = 256):
         if not isinstance(teachers, Mapping) or not teachers:
             raise TypeError("teachers must be a non-empty dict {language: teacher}")
         super().__init__(student, None)
@@ -160,9 +165,13 @@ class SelectiveMultilingualKD(Distiller):
             raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
         if val is not None and set(val) != set(teachers):
             raise ValueError(f"val must have one split per teacher language {sorted(teachers)}, got {sorted(val)}")
+        if metric is not None and not callable(metric):
+            raise TypeError(f"metric must be a function (hypotheses, split) -> float, or None; got "
+                            f"{type(metric).__name__}")
         self.val, self.check_every, self.top_k, self.batch_size = val, check_every, top_k, batch_size
+        self.metric = metric
         self.switches = {lang: True for lang in teachers}                         # step 1
-        self.teacher_bleu: dict[str, float] | None = None
+        self.teacher_score: dict[str, float] | None = None
         self.log: list[dict] = []
         self.check_time_s = 0.0
 
@@ -178,25 +187,26 @@ class SelectiveMultilingualKD(Distiller):
     # ---------------------------------------------------------------------------------------------
     # step 3: the check
     # ---------------------------------------------------------------------------------------------
-    def bleu(self, model, lang: str) -> float:
-        """Greedy corpus BLEU of ``model`` (the student, or a wrapped teacher) on ``val[lang]`` (tagged sources)."""
+    def score(self, model, lang: str) -> float:
+        """The validation score of ``model`` (the student, or a wrapped teacher) on ``val[lang]`` (tagged sources):
+        ``metric`` of its greedy translations; by default corpus BLEU."""
         from kdedu.metrics import bleu
         from kdedu.models import translate
 
         split = self.val[lang]
-        return bleu(translate(model, split.sources, self.vocab, strategy="greedy", batch_size=self.batch_size),
-                    split.targets)
+        hyps = translate(model, split.sources, self.vocab, strategy="greedy", batch_size=self.batch_size)
+        return bleu(hyps, split.targets) if self.metric is None else float(self.metric(hyps, split))
 
     def check(self, epoch: int) -> dict[str, bool]:
-        """Measure the student's (and, once, each teacher's) validation BLEU and set the switches (step 3)."""
+        """Measure the student's (and, once, each teacher's) validation score and set the switches (step 3)."""
         t0 = time.perf_counter()
-        if self.teacher_bleu is None:
-            self.teacher_bleu = {lang: self.bleu(t, lang) for lang, t in self.teachers.items()}
-        student = {lang: self.bleu(self.student, lang) for lang in self.teachers}
-        self.switches = distillation_switches(student, self.teacher_bleu, self.threshold)
+        if self.teacher_score is None:
+            self.teacher_score = {lang: self.score(t, lang) for lang, t in self.teachers.items()}
+        student = {lang: self.score(self.student, lang) for lang in self.teachers}
+        self.switches = distillation_switches(student, self.teacher_score, self.threshold)
         for lang in self.teachers:
-            self.log.append({"epoch": epoch, "language": lang, "student_bleu": student[lang],
-                             "teacher_bleu": self.teacher_bleu[lang], "distil": self.switches[lang]})
+            self.log.append({"epoch": epoch, "language": lang, "student_score": student[lang],
+                             "teacher_score": self.teacher_score[lang], "distil": self.switches[lang]})
         self.check_time_s += time.perf_counter() - t0
         return self.switches
 

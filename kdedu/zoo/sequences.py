@@ -23,6 +23,11 @@ SEQ_RECIPES: dict[str, dict] = {
     "three-languages": {"d_model": 128, "num_heads": 4, "layers": 2, "dim_feedforward": 256, "dropout": 0.1,
                         "num_epochs": 4, "lr": 2e-3, "warmup_steps": 50, "batch_size": 64,
                         "target": ["fr", "de", "es"], "domain": "animals", "tag": False, "data_seed": 0, "limit": None},
+    # en->fr, animals, small and quick: the teachers of chapter 14 (seeds 0 and 1: an ensemble); its vocabulary also
+    # has the office domain's words (``vocab_domain``), which it never sees in training: domain adaptation needs them
+    "small": {"d_model": 64, "num_heads": 4, "layers": 1, "dim_feedforward": 128, "dropout": 0.1, "num_epochs": 12,
+              "lr": 2e-3, "warmup_steps": 30, "batch_size": 64, "target": "fr", "domain": "animals", "tag": False,
+              "data_seed": 0, "limit": 2000, "vocab_domain": ["animals", "office"]},
     # a tiny one for tests
     "tiny": {"d_model": 32, "num_heads": 2, "layers": 1, "dim_feedforward": 64, "dropout": 0.0, "num_epochs": 1,
              "lr": 3e-3, "warmup_steps": 0, "batch_size": 64, "target": "fr", "domain": "animals", "tag": False,
@@ -49,7 +54,9 @@ def seq2seq_teacher(name: str = "en-fr", seed: int = 0, root: str | os.PathLike 
     data = {"target": config["target"] if isinstance(config["target"], str) else tuple(config["target"]),
             "domain": config["domain"] if isinstance(config["domain"], str) else tuple(config["domain"]),
             "tag": config["tag"], "seed": config["data_seed"]}
-    vocab = translation_vocab(data["target"], tag=data["tag"], domain=data["domain"])
+    vocab_domain = config.get("vocab_domain")  # words of other domains too (default: the training domain's only)
+    vocab = translation_vocab(data["target"], tag=data["tag"],
+                              domain=data["domain"] if vocab_domain is None else tuple(vocab_domain))
 
     def build() -> nn.Module:
         torch.manual_seed(seed)

@@ -304,7 +304,7 @@ PERMUTATION_WRONG = {
         Lazy(_permutation_runs, "", _perm_with("SmallCNN", ordinary=lambda p: _shift(p["ordinary"], -2))),
         'answer["SmallCNN"]["ordinary"]'),
     "another permutation than the one the runs used": (
-        Lazy(_permutation_runs, "", _perm_with(perm=lambda a: a["perm"].flip(0))),
+        Lazy(_permutation_runs, "", _perm_with(perm=lambda a: a["perm"].roll(1))),
         "through your permutation"),
     "the permuted list copied from the ordinary one": (
         Lazy(_permutation_runs, "", _perm_with("MLP", permuted=lambda p: list(p["ordinary"]))),

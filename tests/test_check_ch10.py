@@ -113,7 +113,8 @@ def _pkd_last_runs(setting_key: str = "tiny") -> dict:
     def accuracy(layer_map, seed):
         torch.manual_seed(seed)
         student = SequenceClassifier(student_from_teacher(teacher, layers), teacher.head.out_features, pooling="cls")
-        student.head.load_state_dict(teacher.head.state_dict())
+        if s.get("head", "fresh") == "copy":  # the chapter's students get a fresh head; the variant copies it
+            student.head.load_state_dict(teacher.head.state_dict())
         student.encoder.embeddings.word_embeddings.weight.requires_grad_(False)
         fit(PKD(student, layer_map=layer_map, alpha=0.5, temperature=5.0, hidden_weight=1.0), store, None,
             num_epochs=1, lr=s["lr"], seed=seed, progress=False)
@@ -208,3 +209,31 @@ def test_targeted_messages():
     assert "same, seed by seed" in _verdict("10.pkd-last", WRONG["10.pkd-last"][3]).message
     assert "percentages" in _verdict("10.pkd-last", WRONG["10.pkd-last"][4]).message
     assert "gives" in _verdict("10.pkd-last", WRONG["10.pkd-last"][1]).message  # re-trained, and it differs
+
+
+def test_alpkd_buckets():
+    """ALPKD(groups=...): each student layer attends over its own bucket only (the ALP-KD paper's NO and PO); one
+    bucket of all layers per student layer is ALP-KD proper; bad buckets are refused."""
+    from types import SimpleNamespace
+
+    from kdedu.methods import ALPKD
+
+    g = torch.Generator().manual_seed(0)
+    B, M, N, H = 4, 3, 6, 8
+    s_cls = [torch.randn(B, H, generator=g) for _ in range(M)]
+    t_cls = [torch.randn(B, H, generator=g) for _ in range(N)]
+    student = torch.nn.Linear(1, 1)
+    student.config = SimpleNamespace(num_hidden_layers=M, hidden_size=H)
+    for buckets in ([[1, 2], [3, 4], [5, 6]], [[1, 2, 3], [3, 4, 5], [5, 6]]):
+        method = ALPKD(student, num_teacher_layers=N, groups=buckets)
+        expected = 0.0
+        for j, bucket in enumerate(buckets):  # the formula, bucket by bucket
+            t = torch.stack([t_cls[k - 1] for k in bucket], 1)                     # (B, n_j, H)
+            a = torch.softmax(torch.einsum("bh,bnh->bn", s_cls[j], t), -1)
+            expected = expected + torch.nn.functional.mse_loss(s_cls[j], torch.einsum("bn,bnh->bh", a, t))
+        assert torch.allclose(method._layer_loss(s_cls, t_cls), expected, rtol=1e-5)
+    every = ALPKD(student, num_teacher_layers=N, groups=[list(range(1, N + 1))] * M)
+    assert torch.allclose(every._layer_loss(s_cls, t_cls), losses.alp_loss(s_cls, t_cls), rtol=1e-5)
+    for bad in ([[1, 2], [3, 4]], [[1, 2], [], [5, 6]], [[0, 1], [3], [6]], [[1], [3], [7]]):
+        with pytest.raises(ValueError):
+            ALPKD(student, num_teacher_layers=N, groups=bad)

@@ -113,9 +113,11 @@ def _check_10_ckd_groups(fn):
 # ------------------------------------------------------------------------------------------------
 PKD_LAST_SETTING = {"teacher": "sentiment-minilm", "teacher_overrides": {}, "layers": (2, 5), "n_train": 512,
                     "batch_size": 32, "num_epochs": 1, "lr": 1e-4, "alpha": 0.5, "temperature": 5.0,
-                    "hidden_weight": 1.0, "n_test": 500, "min_seeds": 2, "last": {1: 5}, "skip": {1: 3}}
+                    "hidden_weight": 1.0, "n_test": 500, "min_seeds": 2, "last": {1: 5}, "skip": {1: 3},
+                    "head": "fresh"}
 """The chapter's live setting for its 6 -> 2 student (``train_one`` in the ``fast`` profile): the student copies
-teacher blocks 3 and 6 (0-based ``layers``); PKD-Skip maps student layer 1 to teacher layer 3, the one it was
+teacher blocks 3 and 6 (0-based ``layers``) and gets a fresh head (``head``: ``"copy"`` would copy the
+teacher's); PKD-Skip maps student layer 1 to teacher layer 3, the one it was
 copied from; PKD-Last to teacher layer 5, just below the top. (The tests swap in a tiny teacher.)"""
 
 
@@ -142,7 +144,8 @@ def pkd_accuracy(layer_map: tuple, seed: int) -> float:
     """Test accuracy of the chapter's 6 -> 2 student trained with ``PKD(layer_map=dict(layer_map))``, live setting.
 
     The same steps as the chapter's ``make_student`` and ``train_one``: ``torch.manual_seed(seed)``, a copy of the
-    teacher's embeddings, blocks ``layers`` and head, word embeddings frozen; then ``fit(PKD(...), store,
+    teacher's embeddings and blocks ``layers``, a fresh head (or the teacher's, ``head="copy"``), word embeddings
+    frozen; then ``fit(PKD(...), store,
     num_epochs=1, lr=1e-4, seed=seed)`` on the 512 stored transfer sentences; scored on the 500 test sentences.
     """
     from kdedu.methods import PKD
@@ -155,7 +158,8 @@ def pkd_accuracy(layer_map: tuple, seed: int) -> float:
     torch.manual_seed(seed)
     student = SequenceClassifier(student_from_teacher(teacher, s["layers"]), teacher.head.out_features,
                                  pooling="cls")
-    student.head.load_state_dict(teacher.head.state_dict())
+    if s.get("head", "fresh") == "copy":
+        student.head.load_state_dict(teacher.head.state_dict())
     student.encoder.embeddings.word_embeddings.weight.requires_grad_(False)
     method = PKD(student, layer_map=dict(layer_map), alpha=s["alpha"], temperature=s["temperature"],
                  hidden_weight=s["hidden_weight"])

@@ -24,10 +24,10 @@ def phi_line(T, tau_max, T_start):  # through (1, 1) and (tau_max, 1 / T_start)
 
 
 @functools.cache
-def _ablation_runs() -> dict:
+def _ladder_runs() -> dict:
     """The exercise's experiment, done as the chapter's solution does it (once per test session): the chapter's
-    train_student in the live setting (300 digits, 20 epochs, lr 0.03) over 5 seeds, Annealing KD and the
-    ablation tau_max=1, k=10."""
+    train_student in the live setting (300 digits, 20 epochs, lr 0.03) over 5 seeds, Annealing KD (tau_max=10,
+    k=1) and the shorter ladder tau_max=5, k=2."""
     import kdedu
     from kdedu.methods import AnnealingKD
     from kdedu.models import SmallCNN
@@ -45,14 +45,14 @@ def _ablation_runs() -> dict:
         return kdedu.evaluate(student, test_loader)["acc"]
 
     annealing = [accuracy(10, 1, s) for s in seeds]
-    no_annealing = [accuracy(1, 10, s) for s in seeds]
-    return {"seeds": seeds, "lr": lr, "annealing": annealing, "no_annealing": no_annealing,
-            "verdict": experiment.compare(annealing, no_annealing)["verdict"]}
+    five_steps = [accuracy(5, 2, s) for s in seeds]
+    return {"seeds": seeds, "lr": lr, "annealing": annealing, "five_steps": five_steps,
+            "verdict": experiment.compare(annealing, five_steps)["verdict"]}
 
 
-def Ablation(what: str, change=lambda answer: answer) -> LazyAnswer:
+def Ladder(what: str, change=lambda answer: answer) -> LazyAnswer:
     """An answer made from the correct one by ``change`` when it is first read (tests/checks.py)."""
-    return LazyAnswer(_ablation_runs, what, change)
+    return LazyAnswer(_ladder_runs, what, change)
 
 
 def _with(**changes):
@@ -60,7 +60,7 @@ def _with(**changes):
     def change(answer):
         answer = {**answer, **{k: (v(answer) if callable(v) else v) for k, v in changes.items()}}
         if "verdict" not in changes:
-            answer["verdict"] = experiment.compare(answer["annealing"], answer["no_annealing"])["verdict"]
+            answer["verdict"] = experiment.compare(answer["annealing"], answer["five_steps"])["verdict"]
         return answer
     return change
 
@@ -77,12 +77,12 @@ CORRECT = {
     ],
     "08.gradient": [lambda z_s, z_t, phi: 2 * (z_s - phi * z_t) / z_s.numel()],
     "08.effective-T": [6, 6.0, torch.tensor(6)],
-    "08.ablation": [
-        Ablation("as the chapter's solution makes it"),
-        Ablation("arrays and tuples", _with(seeds=lambda a: tuple(a["seeds"]),
-                                            annealing=lambda a: np.array(a["annealing"]),
-                                            no_annealing=lambda a: torch.tensor(a["no_annealing"], dtype=torch.float64),
-                                            verdict=lambda a: a["verdict"])),
+    "08.ladder": [
+        Ladder("as the chapter's solution makes it"),
+        Ladder("arrays and tuples", _with(seeds=lambda a: tuple(a["seeds"]),
+                                          annealing=lambda a: np.array(a["annealing"]),
+                                          five_steps=lambda a: torch.tensor(a["five_steps"], dtype=torch.float64),
+                                          verdict=lambda a: a["verdict"])),
     ],
 }
 
@@ -109,17 +109,17 @@ WRONG = {
         lambda z_s, z_t, phi: 2 * (z_s - z_t) / z_s.numel(),  # ignores phi
     ],
     "08.effective-T": [3, 5, 8, 4, 14, "six"],
-    "08.ablation": [
-        Ablation("the verdict of another comparison", _with(verdict=_other_verdict)),
-        Ablation("the ablation's accuracies made up", _with(no_annealing=lambda a: shift(a["no_annealing"], 2))),
-        Ablation("Annealing KD's accuracies made up", _with(annealing=lambda a: shift(a["annealing"], -2))),
-        Ablation("trained at another learning rate than the one stated", _with(lr=1e-2)),
-        Ablation("the ablation's list copied from Annealing KD", _with(no_annealing=lambda a: list(a["annealing"]))),
-        Ablation("percentages", _with(annealing=lambda a: [100 * v for v in a["annealing"]],
-                                      no_annealing=lambda a: [100 * v for v in a["no_annealing"]])),
-        Ablation("too few seeds", _with(seeds=[0, 1, 2], annealing=lambda a: a["annealing"][:3],
-                                        no_annealing=lambda a: a["no_annealing"][:3])),
-        Ablation("one value missing", _with(no_annealing=lambda a: a["no_annealing"][:-1], verdict="better")),
+    "08.ladder": [
+        Ladder("the verdict of another comparison", _with(verdict=_other_verdict)),
+        Ladder("the five steps' accuracies made up", _with(five_steps=lambda a: shift(a["five_steps"], 2))),
+        Ladder("Annealing KD's accuracies made up", _with(annealing=lambda a: shift(a["annealing"], -2))),
+        Ladder("trained at another learning rate than the one stated", _with(lr=1e-2)),
+        Ladder("the five steps' list copied from Annealing KD", _with(five_steps=lambda a: list(a["annealing"]))),
+        Ladder("percentages", _with(annealing=lambda a: [100 * v for v in a["annealing"]],
+                                    five_steps=lambda a: [100 * v for v in a["five_steps"]])),
+        Ladder("too few seeds", _with(seeds=[0, 1, 2], annealing=lambda a: a["annealing"][:3],
+                                      five_steps=lambda a: a["five_steps"][:3])),
+        Ladder("one value missing", _with(five_steps=lambda a: a["five_steps"][:-1], verdict="better")),
         {"seeds": [0, 1, 2, 3, 4], "lr": 0.03},  # keys missing
         [0.9, 0.91, 0.92],
     ],
@@ -146,22 +146,22 @@ def test_targeted_messages():
     assert "one step too many" in _verdict("08.effective-T", 8).message
 
 
-def test_ablation_messages():
-    wrong = {a.what: a for a in WRONG["08.ablation"] if isinstance(a, LazyAnswer)}
+def test_ladder_messages():
+    wrong = {a.what: a for a in WRONG["08.ladder"] if isinstance(a, LazyAnswer)}
     expected = {
         "the verdict of another comparison": "not what experiment.compare says",
-        "the ablation's accuracies made up": "the ablation (tau_max=1, k=10)",
+        "the five steps' accuracies made up": "five steps (tau_max=5, k=2)",
         "Annealing KD's accuracies made up": "Annealing KD (tau_max=10, k=1)",
-        "the ablation's list copied from Annealing KD": "the same, seed by seed",
+        "the five steps' list copied from Annealing KD": "the same, seed by seed",
         "percentages": "percentages",
         "too few seeds": "at least 5",
     }
     for what, message in expected.items():
-        assert message in _verdict("08.ablation", wrong[what]).message, what
-    missing_keys = WRONG["08.ablation"][-2]
-    assert "lacks the key(s) annealing, no_annealing, verdict" in _verdict("08.ablation", missing_keys).message
+        assert message in _verdict("08.ladder", wrong[what]).message, what
+    missing_keys = WRONG["08.ladder"][-2]
+    assert "lacks the key(s) annealing, five_steps, verdict" in _verdict("08.ladder", missing_keys).message
 
 
-def test_ablation_hint_gives_no_answer():
-    hint = check.hint("08.ablation", verbose=False)
-    assert hint and not any(word in hint for word in ("better", "worse", "no clear", "tau_max=1", "k=10", "0."))
+def test_ladder_hint_gives_no_answer():
+    hint = check.hint("08.ladder", verbose=False)
+    assert hint and not any(word in hint for word in ("better", "worse", "no clear", "tau_max=5", "k=2", "0."))

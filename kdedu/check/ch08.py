@@ -135,16 +135,17 @@ def _check_08_effective_T(answer):
 
 
 # ------------------------------------------------------------------------------------------------
-# 08.ablation: an experiment. The reader trains the ablation over the chapter's live seeds; the checker trains
-# one of the submitted seeds again, both ways, at the chapter's live setting, and recomputes the verdict.
+# 08.ladder: an experiment. The reader trains Annealing KD with a shorter ladder over the chapter's live seeds; the
+# checker trains one of the submitted seeds again, both ways, at the chapter's live setting, and recomputes the
+# verdict.
 # ------------------------------------------------------------------------------------------------
-ABLATION_SETTING = {"n_train": 300, "batch_size": 32, "num_epochs": 20, "min_seeds": 5,
-                    "annealing": {"tau_max": 10, "k": 1}, "no_annealing": {"tau_max": 1, "k": 10}}
+LADDER_SETTING = {"n_train": 300, "batch_size": 32, "num_epochs": 20, "min_seeds": 5,
+                  "annealing": {"tau_max": 10, "k": 1}, "five_steps": {"tau_max": 5, "k": 2}}
 """The chapter's live setting (its ``train_student`` in the ``fast`` and ``full`` profiles)."""
 
 
 @functools.lru_cache(maxsize=64)  # a resubmitted answer is checked again in no time
-def ablation_accuracy(tau_max: int, k: int, lr: float, seed: int) -> float:
+def annealing_accuracy(tau_max: int, k: int, lr: float, seed: int) -> float:
     """Test accuracy of the chapter's student trained with ``AnnealingKD(tau_max, k)`` in the live setting.
 
     The same steps as the chapter's ``train_student``: the zoo's ``digits-cnn`` teacher, the first 300 training
@@ -156,7 +157,7 @@ def ablation_accuracy(tau_max: int, k: int, lr: float, seed: int) -> float:
     from kdedu.models import SmallCNN
     from kdedu.train import evaluate, fit
 
-    s = ABLATION_SETTING
+    s = LADDER_SETTING
     teacher = zoo.teacher("digits-cnn", verbose=False)
     loader = data.make_loader(data.digits("train", limit=s["n_train"]), batch_size=s["batch_size"], shuffle=True)
     torch.manual_seed(seed)
@@ -166,32 +167,32 @@ def ablation_accuracy(tau_max: int, k: int, lr: float, seed: int) -> float:
     return float(evaluate(student, data.make_loader(data.digits("test"), batch_size=512))["acc"])
 
 
-@register("08.ablation", hint="the ablation is one more experiment.run over the chapter's live seeds, built like "
-                              "the chapter's own Annealing KD run with only the AnnealingKD arguments changed; keep "
-                              "every list in the order of the seeds.")
-def _check_08_ablation(answer):
-    s = ABLATION_SETTING
-    answer_dict(answer, ("seeds", "lr", "annealing", "no_annealing", "verdict"))
+@register("08.ladder", hint="the shorter ladder is one more experiment.run over the chapter's live seeds, built like "
+                             "the chapter's own Annealing KD run with only the AnnealingKD arguments changed, so that "
+                             "stage I keeps its length; keep every list in the order of the seeds.")
+def _check_08_ladder(answer):
+    s = LADDER_SETTING
+    answer_dict(answer, ("seeds", "lr", "annealing", "five_steps", "verdict"))
     seeds = answer_seeds(answer, s["min_seeds"])
     lr = answer_number('answer["lr"]', answer["lr"])
     if not 0 < lr < 1:
         raise Wrong(f'answer["lr"] = {lr:g} is not a learning rate that the chapter uses.')
     n = len(seeds)
     annealing = answer_accuracies('answer["annealing"]', answer["annealing"], n)
-    no_annealing = answer_accuracies('answer["no_annealing"]', answer["no_annealing"], n)
-    if annealing == no_annealing:
-        raise Wrong("the two lists are the same, seed by seed: the ablation is a different training run "
-                    "(tau_max=1, k=10) from the chapter's Annealing KD.")
-    c = answer_verdict(answer, annealing, no_annealing, "Annealing KD first")
-    i = picked([seeds, annealing, no_annealing, lr], n)  # one seed, fixed by the answer itself
-    for name, lst in (("no_annealing", no_annealing), ("annealing", annealing)):
-        again = ablation_accuracy(**s[name], lr=lr, seed=seeds[i])
+    five_steps = answer_accuracies('answer["five_steps"]', answer["five_steps"], n)
+    if annealing == five_steps:
+        raise Wrong("the two lists are the same, seed by seed: five steps (tau_max=5, k=2) is a different training "
+                    "run from the chapter's Annealing KD (tau_max=10, k=1).")
+    c = answer_verdict(answer, annealing, five_steps, "Annealing KD first")
+    i = picked([seeds, annealing, five_steps, lr], n)  # one seed, fixed by the answer itself
+    for name, lst in (("five_steps", five_steps), ("annealing", annealing)):
+        again = annealing_accuracy(**s[name], lr=lr, seed=seeds[i])
         if abs(again - lst[i]) > retrain_tolerance():
-            what = "the ablation (tau_max=1, k=10)" if name == "no_annealing" else \
+            what = "five steps (tau_max=5, k=2)" if name == "five_steps" else \
                 "the chapter's Annealing KD (tau_max=10, k=1)"
             raise Wrong(f'seed {seeds[i]}: your answer["{name}"] says {100 * lst[i]:.2f} %, but training {what} '
                         f"in the live setting (300 digits, 20 epochs, lr = {lr:g}) gives {100 * again:.2f} %. "
                         "Check the method's arguments, the learning rate, the setting and the order of the values.")
-    return (f"your seed {seeds[i]} reproduces, both ways. Annealing KD − ablation = {100 * c['mean']:+.2f} ± "
-            f"{100 * c['se']:.2f} points over {n} seeds: {c['verdict']} (exploratory; minimum detectable effect "
-            f"{100 * c['mde']:.2f} points).")
+    return (f"your seed {seeds[i]} reproduces, both ways. Annealing KD (ten steps) − five steps = "
+            f"{100 * c['mean']:+.2f} ± {100 * c['se']:.2f} points over {n} seeds: {c['verdict']} (exploratory; "
+            f"minimum detectable effect {100 * c['mde']:.2f} points).")

@@ -56,7 +56,8 @@ def takd(
     Args:
         teacher: a trained network (frozen here).
         make_assistants: one builder per assistant, in chain order; their sizes are up to you
-            (Mirzadeh et al. put the assistant midway between teacher and student). ``[]`` is plain KD.
+            (Mirzadeh et al. try assistants of several sizes between teacher and student; chapter 07 sweeps them).
+            ``[]`` is plain KD.
         make_student: builds the student.
         alpha, temperature: the KD mixture used at every step.
         seed: the student is built after ``torch.manual_seed(seed)`` and trained with ``seed``, so it starts

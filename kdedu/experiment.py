@@ -236,6 +236,38 @@ def _read_table(table: str) -> dict:
     return json.loads(path.read_text())
 
 
+def numerics_fingerprint() -> str:
+    """A short hash of float32 CPU results that differ between machines whose arithmetic differs.
+
+    PyTorch picks its matrix-product, convolution and attention kernels by the CPU's instruction set, and the
+    kernels sum in different orders, so one recipe trains bit-wise different models on two such machines. A
+    stored table can only be reproduced exactly where this fingerprint matches the recording machine's; the
+    provenance keeps it (``machine["numerics"]``) and ``tests/test_results.py`` compares it. One thread, as
+    recordings use."""
+    import hashlib
+
+    import torch
+    import torch.nn.functional as F
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        g = torch.Generator().manual_seed(0)
+        a, b = torch.randn(192, 320, generator=g), torch.randn(320, 96, generator=g)
+        x, w = torch.randn(2, 3, 17, 17, generator=g), torch.randn(8, 3, 3, 3, generator=g)
+        q, k, v = (torch.randn(2, 4, 33, 16, generator=g) for _ in range(3))
+        torch.manual_seed(0)
+        layer = torch.nn.TransformerEncoderLayer(64, 4, 128, dropout=0.0, batch_first=True)
+        h = torch.randn(3, 21, 64, generator=g, requires_grad=True)
+        layer(h).square().mean().backward()
+        with torch.no_grad():
+            outs = [a @ b, F.conv2d(x, w), torch.log_softmax(a, -1), F.scaled_dot_product_attention(q, k, v),
+                    h.grad, layer.linear1.weight.grad]
+        return hashlib.sha256(b"".join(o.detach().contiguous().numpy().tobytes() for o in outs)).hexdigest()[:16]
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _provenance(wall_time_s: float) -> dict:
     """Who made a stored run, how, on what: command, commit, package versions, machine, wall time."""
     import platform
@@ -268,6 +300,7 @@ def _provenance(wall_time_s: float) -> dict:
             "versions": versions, "profile": current(),
             "machine": {"system": platform.platform(), "processor": platform.processor() or platform.machine(),
                         "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                        "numerics": numerics_fingerprint(),
                         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
             "recorded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "wall_time_s": round(wall_time_s, 1)}
 
@@ -332,16 +365,27 @@ def provenance(table: str) -> str:
             f"regenerate: `{first.get('command', '?')}`.")
 
 
+def _is_checksum(value) -> bool:
+    """A SHA-256 hex digest (how configs name trained weights, e.g. a teacher's ``meta["sha256"]``)."""
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
 def _reproduce(table: str, name: str, fn, seeds, config: dict, metric: str, tolerance: float) -> StoredResult:
     """Reproduce mode: the stored run, after re-running one of its seeds if this table was not checked yet."""
     try:
         result = stored(table, name)
     except KeyError:
         raise KeyError(f"run {name!r} is not in the stored table {table!r}: regenerate the table") from None
-    if result.config != json.loads(json.dumps(config, default=str)) or result.seeds != list(seeds) \
-            or result.metric != metric:
+    asked = json.loads(json.dumps(config, default=str))
+    if result.config != asked or result.seeds != list(seeds) or result.metric != metric:
+        differ = sorted(k for k in set(asked) | set(result.config) if asked.get(k) != result.config.get(k))
+        if differ and result.seeds == list(seeds) and result.metric == metric and all(
+                _is_checksum(asked.get(k)) and _is_checksum(result.config.get(k)) for k in differ):
+            raise ValueError(f"run {name!r} of table {table!r}: the checksum of trained weights differs ({differ}): "
+                             f"this machine trained other weights from the same recipe than the recording machine "
+                             f"(numerics fingerprint {numerics_fingerprint()} here), or the recipe changed")
         raise ValueError(f"run {name!r} of table {table!r} was stored with another configuration, seeds or metric "
-                         f"than the code now asks for: regenerate the table")
+                         f"than the code now asks for (differing config keys: {differ}): regenerate the table")
     if table not in _REPRODUCED:
         seed = result.seeds[0]
         out = fn(int(seed))

@@ -760,6 +760,7 @@ def test_stored_tables_record_reproduce_and_read(tmp_path, monkeypatch):
     assert prov["command"] == "make results NB=book/99-test.ipynb"
     assert {"commit", "versions", "machine", "wall_time_s", "profile", "recorded"} <= set(prov)
     assert prov["versions"]["torch"] == torch.__version__ and data["runs"]["a"]["values"] == a.values
+    assert prov["machine"]["numerics"] == experiment.numerics_fingerprint()
     # recording again does not reuse the experiment cache: every stored number is computed anew
     experiment.run("a", fn, seeds=[0, 1, 2], config={"n": 1}, table="t", root=tmp_path / "cache")
     assert calls == [0, 1, 2, 0, 1, 2]
@@ -786,8 +787,16 @@ def test_stored_tables_record_reproduce_and_read(tmp_path, monkeypatch):
     again = experiment.run("a", fn, seeds=[0, 1, 2], config={"n": 1}, table="t")
     assert calls == [0] and again.values == a.values
     experiment.run("b", lambda s: pytest.fail("a table is checked once"), seeds=[0, 1, 2], config={"n": 2}, table="t")
-    with pytest.raises(ValueError, match="another configuration"):
+    with pytest.raises(ValueError, match=r"another configuration.*\['n'\]"):
         experiment.run("a", fn, seeds=[0, 1, 2], config={"n": 99}, table="t")
+    # a config that differs only in the checksum of trained weights: said so (another machine's arithmetic)
+    monkeypatch.setenv("KDEDU_RESULTS", "record")
+    experiment.run("c", fn, seeds=[0, 1], config={"teacher": "a" * 64}, table="t2", root=tmp_path / "cache")
+    monkeypatch.setenv("KDEDU_RESULTS", "reproduce")
+    with pytest.raises(ValueError, match=r"checksum of trained weights differs \(\['teacher'\]\)"):
+        experiment.run("c", fn, seeds=[0, 1], config={"teacher": "b" * 64}, table="t2")
+    with pytest.raises(ValueError, match="another configuration"):
+        experiment.run("c", fn, seeds=[0, 1], config={"teacher": "b" * 63}, table="t2")
     experiment._REPRODUCED.clear()
     with pytest.raises(AssertionError, match="does not reproduce"):
         experiment.run("a", lambda s: {"acc": 0.9}, seeds=[0, 1, 2], config={"n": 1}, table="t")

@@ -76,15 +76,11 @@ def test_ensemble_step_messages_name_the_mistake():
 
 # ------------------------------------------------------------------------------------------------
 # 14.greedy-victim: an experiment (the zoo's small teacher, then imitations) in the chapter's own setting: a smaller
-# one trains imitations that learn nothing, whose agreement (0) cannot tell the two victims apart. The fixture only
-# makes sure the checker retrains in the SETTING the test uses.
+# one trains imitations that learn nothing, whose agreement (0) cannot tell the two victims apart. The fixture clears
+# the checker's cache, so that it retrains in that SETTING.
 # ------------------------------------------------------------------------------------------------
-SMALL: dict = {}
-
-
 @pytest.fixture
-def small_setting(monkeypatch):
-    monkeypatch.setattr(ch14, "SETTING", {**ch14.SETTING, **SMALL})
+def small_setting():
     ch14.greedy_victim_agreement.cache_clear()
     yield ch14.SETTING
     ch14.greedy_victim_agreement.cache_clear()  # the chapter's setting again for anything that runs later

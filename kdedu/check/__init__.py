@@ -235,6 +235,17 @@ def picked(answer_parts, n: int) -> int:
     return int(hashlib.sha256(json.dumps(answer_parts).encode()).hexdigest(), 16) % n
 
 
+def one_seed_to_retrain(answer, key: str, n_test: int, unit: str = "test examples"):
+    """The start of a checked experiment with per-seed accuracies: ``answer["seeds"]`` (at least two) and
+    ``answer[key]`` (one accuracy per seed, each a fraction of ``n_test``). Returns ``(seeds, values, i,
+    tolerance)``: the seed to train again, ``seeds[i]``, fixed by the answer itself, and how far the re-trained
+    accuracy may be from ``values[i]`` (one of the ``n_test`` examples; three on a GPU)."""
+    answer_dict(answer, ("seeds", key))
+    seeds = answer_seeds(answer, min_seeds=2)
+    values = answer_accuracies(f'answer["{key}"]', answer[key], len(seeds), n_test=n_test, unit=unit)
+    return seeds, values, picked([seeds, values], len(seeds)), retrain_tolerance() * N_TEST / n_test
+
+
 def retrain_tolerance() -> float:
     """How far a re-trained accuracy may be from the reader's: one test digit of float noise on a CPU, three on
     a GPU (whose kernels need not be deterministic)."""

@@ -9,17 +9,13 @@ import math
 import torch
 
 from kdedu.check import (
-    N_TEST,
     Wrong,
-    answer_accuracies,
     answer_dict,
     answer_number,
-    answer_seeds,
     close,
     function,
-    picked,
+    one_seed_to_retrain,
     register,
-    retrain_tolerance,
 )
 
 PAD, BOS, EOS = 0, 1, 2
@@ -213,13 +209,8 @@ def seqkd_accuracy(seed: int, beam_size: int) -> float:
                                      "exactly as the chapter's run_method does, and keep the list in the order of "
                                      "the seeds.")
 def _check_13_greedy_teacher(answer):
-    answer_dict(answer, ("seeds", "greedy_teacher"))
-    seeds = answer_seeds(answer, min_seeds=2)
-    values = answer_accuracies('answer["greedy_teacher"]', answer["greedy_teacher"], len(seeds), n_test=N_SENTENCES,
-                               unit="test sentences")
-    i = picked([seeds, values], len(seeds))  # one seed, fixed by the answer itself
+    seeds, values, i, tolerance = one_seed_to_retrain(answer, "greedy_teacher", N_SENTENCES, unit="test sentences")
     again = seqkd_accuracy(seeds[i], 1)
-    tolerance = retrain_tolerance() * N_TEST / N_SENTENCES  # one test sentence (three on a GPU)
     if abs(again - values[i]) > tolerance:
         if abs(seqkd_accuracy(seeds[i], SETTING["beam_size"]) - values[i]) <= tolerance:
             raise Wrong(f"seed {seeds[i]}: {100 * values[i]:.1f} % is the chapter's Seq-KD student, trained on the "

@@ -8,15 +8,10 @@ import math
 import torch
 
 from kdedu.check import (
-    N_TEST,
     Wrong,
-    answer_accuracies,
-    answer_dict,
-    answer_seeds,
     function,
-    picked,
+    one_seed_to_retrain,
     register,
-    retrain_tolerance,
     same_tensor,
 )
 
@@ -106,13 +101,8 @@ def greedy_victim_agreement(seed: int, victim_strategy: str = "greedy") -> float
                                     "Compare each imitation's beam outputs with what that greedy victim answers on "
                                     "the test sources, not with the beam victim or the true modes.")
 def _check_14_greedy_victim(answer):
-    answer_dict(answer, ("seeds", "agreement"))
-    seeds = answer_seeds(answer, min_seeds=2)
-    values = answer_accuracies('answer["agreement"]', answer["agreement"], len(seeds), n_test=N_SENTENCES,
-                               unit="test sentences")
-    i = picked([seeds, values], len(seeds))  # one seed, fixed by the answer itself
+    seeds, values, i, tolerance = one_seed_to_retrain(answer, "agreement", N_SENTENCES, unit="test sentences")
     again = greedy_victim_agreement(seeds[i])
-    tolerance = retrain_tolerance() * N_TEST / N_SENTENCES  # one test sentence (three on a GPU)
     if abs(again - values[i]) > tolerance:
         if abs(greedy_victim_agreement(seeds[i], "beam") - values[i]) <= tolerance:
             raise Wrong(f"seed {seeds[i]}: {100 * values[i]:.1f} % is an imitation of the beam-search victim; here the "

@@ -1,7 +1,8 @@
 # kdedu: the two commands are `make book` and `make test`; everything else here is a helper they call.
 #
-#   make book   execute every chapter (book/NN-slug.ipynb) and build the Jupyter Book 2 site (_build/html)
-#   make test   lint, unit tests + the offline MyST check (tests/), then every chapter under nbval
+#   make book   build the Jupyter Book 2 site (_build/html), every chapter executed once, and check it in Chromium
+#   make test   lint, unit tests + the offline MyST check (tests/), every chapter under nbval, then the site
+#               built without execution and checked page by page in headless Chromium (ci/site.py check)
 #
 # Both create the virtual environment $(VENV) when it is missing and (re)install the project into it
 # when pyproject.toml or ci/constraints.txt changed. Overrides: `make test VENV=/path/to/venv PYTHON=python3.12`.
@@ -15,7 +16,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.kdedu-install-stamp
 CONSTRAINTS := ci/constraints.txt
-# the notebooks `make chapters` and `make book` execute: every book/*.ipynb, the numbered chapters first, then
+# the notebooks `make chapters` executes under nbval: every book/*.ipynb, the numbered chapters first, then
 # the appendix pages that run code (tests/test_book.py checks that no notebook is left out)
 CHAPTERS = $(sort $(wildcard book/[0-9][0-9]-*.ipynb)) $(sort $(filter-out $(wildcard book/[0-9][0-9]-*.ipynb),$(wildcard book/*.ipynb)))
 # `make test` runs with a cold teacher cache, as CI does. Two pytest workers share the 2 cores, so each
@@ -23,7 +24,6 @@ CHAPTERS = $(sort $(wildcard book/[0-9][0-9]-*.ipynb)) $(sort $(filter-out $(wil
 TEST_CACHE := $(CURDIR)/.cache/kdedu-test
 TEST_ENV := KDEDU_PROFILE=fast KDEDU_CACHE=$(TEST_CACHE) KDEDU_PROGRESS=0 MPLBACKEND=Agg OMP_NUM_THREADS=1
 NBVAL_ARGS := --nbval-lax --nbval-current-env --nbval-cell-timeout=300 -p no:cacheprovider
-EXECUTED := _build/executed
 # pip's noise about local index folders that do not exist on some machines
 PIP_NOISE := is ignored: it is neither a file nor a directory
 
@@ -31,7 +31,7 @@ PIP_NOISE := is ignored: it is neither a file nor a directory
 
 help:
 	@echo "make book   execute every chapter and build the site (_build/html)"
-	@echo "make test   lint, unit tests, MyST content check, every chapter under nbval"
+	@echo "make test   lint, unit tests, MyST content check, every chapter under nbval, the site's browser check"
 
 # ---- the environment: created once, reinstalled only when the install inputs change ----------------
 venv:
@@ -90,43 +90,36 @@ results: venv
 	echo "recorded the stored tables of $(NB) in $$(( $$(date +%s) - start )) s (kdedu/results/)"
 
 # ---- make book ------------------------------------------------------------------------------------
-book: venv
-	@mkdir -p $(EXECUTED); failed=""; \
-	if [ -z "$(CHAPTERS)" ]; then echo "no chapter notebooks (book/NN-slug.ipynb) yet"; fi; \
-	for nb in $(CHAPTERS); do \
-	  name=$$(basename $$nb .ipynb); start=$$(date +%s); \
-	  if "$(BIN)/jupyter" nbconvert --to notebook --execute --ExecutePreprocessor.timeout=600 \
-	       --output-dir $(EXECUTED) $$nb > $(EXECUTED)/$$name.log 2>&1; then \
-	    echo "executed $$name in $$(( $$(date +%s) - start )) s"; \
-	  else \
-	    echo "FAILED   $$name after $$(( $$(date +%s) - start )) s (log: $(EXECUTED)/$$name.log):"; \
-	    if grep -q '^nbclient.exceptions' $(EXECUTED)/$$name.log; then \
-	      sed -n '/^nbclient.exceptions/,$$p' $(EXECUTED)/$$name.log | tail -n 40; \
-	    else tail -n 25 $(EXECUTED)/$$name.log; fi; \
-	    failed="$$failed $$name"; \
-	  fi; \
-	done; \
-	site=0; $(MAKE) --no-print-directory site || site=$$?; \
-	if [ -n "$$failed" ]; then echo "make book: chapters that failed:$$failed"; exit 1; fi; \
-	exit $$site
-
-# The site: `jupyter book build --html --execute` (outputs cached in _build/execute). Its theme is
-# downloaded on the first build; without a network that fails, and this says so in one line.
+# Every chapter executed once, by Jupyter Book itself (`--execute`: one notebook at a time on a 2-core machine,
+# as jupyter-book 2.1 runs cpus - 1 at once; the outputs, figures included, go into the pages and into
+# _build/execute, a cache keyed by each page's code, so a second `make book` re-executes only what changed), then
+# KaTeX served by the site and the browser check.
+# Without a network the theme comes from $(SITE_THEME_NOTE) (ci/site.py theme).
 # To execute pages, Jupyter Book starts a Jupyter server with the `python` on PATH (the venv's); as root
 # (containers, CI) jupyter_server refuses to start unless allow_root is set, hence the config file.
+SITE_THEME_NOTE := $$KDEDU_SITE_THEME, by default ../shared/site/book-theme-1.1.2.tgz
+# (no MPLBACKEND=Agg here: the kernel's inline backend is what puts the figures into the pages)
+SITE_ENV = KDEDU_PROGRESS=0 PATH="$(abspath $(BIN)):$$PATH" \
+  JUPYTER_CONFIG_PATH="$(CURDIR)/_build/jupyter-config" JB_ALLOW_NODEENV=0
+
+book: venv
+	@$(MAKE) --no-print-directory site SITE_FLAGS=--execute SITE_CHECK_FLAGS=--outputs
+
+# the site: `make site` builds it without executing anything (pages without outputs; `make test` checks it)
 site: venv
 	@mkdir -p _build/jupyter-config; \
 	echo '{"ServerApp": {"allow_root": true}}' > _build/jupyter-config/jupyter_server_config.json; \
-	log=_build/site.log; \
-	if KDEDU_PROGRESS=0 PATH="$(abspath $(BIN)):$$PATH" JUPYTER_CONFIG_PATH="$(CURDIR)/_build/jupyter-config" JB_ALLOW_NODEENV=0 \
-	     timeout 3600 "$(BIN)/jupyter" book build --html --execute < /dev/null > $$log 2>&1; then \
-	  grep -E '⛔️|⚠️' $$log || true; \
-	  echo "site built: _build/html/index.html"; \
-	elif grep -qE '(api\.mystmd\.org|templates/site).*(failed|ENOTFOUND|EAI_AGAIN|ECONNREFUSED|ETIMEDOUT)|getaddrinfo' $$log; then \
-	  echo "make book: no HTML site: Jupyter Book could not download its theme (no network?); the chapters were still executed ($(EXECUTED)/)"; \
-	else \
-	  tail -n 40 $$log; echo "make book: the site build failed (log: $$log)"; exit 1; \
-	fi
+	"$(BIN)/python" ci/site.py theme; \
+	log=_build/site.log; start=$$(date +%s); \
+	if ! $(SITE_ENV) timeout 3600 "$(BIN)/jupyter" book build --html $(SITE_FLAGS) < /dev/null > $$log 2>&1; then \
+	  tail -n 40 $$log; echo "make $@: the site build failed (log: $$log)"; exit 1; \
+	fi; \
+	grep -E '⛔️|⚠️' $$log || true; \
+	failed=$$(grep -oE '⛔️ [^ ]+ An exception occurred during code execution' $$log | awk '{print $$2}' | sort -u); \
+	if [ -n "$$failed" ]; then echo "make $@: chapters that failed to execute:" $$failed "(log: $$log)"; exit 1; fi; \
+	echo "site built in $$(( $$(date +%s) - start )) s: _build/html/index.html"; \
+	"$(BIN)/python" ci/site.py katex; \
+	"$(BIN)/python" ci/site.py check $(SITE_CHECK_FLAGS)
 
 clean:
 	rm -rf _build .cache/kdedu-test

@@ -92,7 +92,7 @@ def test_every_notebook_has_its_markdown_source():
 
 
 def test_every_notebook_is_executed_by_make():
-    """`make chapters` (nbval) and `make book` execute the Makefile's CHAPTERS: every notebook must be in it."""
+    """`make chapters` (nbval) executes the Makefile's CHAPTERS: every notebook must be in it."""
     out = subprocess.run(["make", "-s", "--no-print-directory", "-f", "Makefile", "-f", "-",
                           "print-chapters"], input="print-chapters:\n\t@echo $(CHAPTERS)\n", cwd=ROOT,
                          capture_output=True, text=True, timeout=60)

@@ -146,6 +146,12 @@ def test_colab_badge_points_at_this_notebook(md):
     assert urls, f"{md.name} has no Open-in-Colab badge linking to {expected}"
     wrong = [u for u in urls if u != expected]
     assert not wrong, f"{md.name}: Colab links {wrong} should be {expected}"
+    # the badge's picture is the book's own file: an outside image cannot be fetched by an offline site build
+    badges = re.findall(r"\[!\[[^\]]*\]\(([^)\s]+)\)\]\(https://colab\.research\.google\.com/",
+                        md.read_text(encoding="utf-8"))
+    assert badges and all(b == "./images/colab-badge.svg" for b in badges), \
+        f"{md.name}: the Colab badge image must be ./images/colab-badge.svg, got {badges}"
+    assert (md.parent / "images" / "colab-badge.svg").is_file()
 
 
 @pytest.mark.parametrize("md", PAGES, ids=_ids(PAGES))

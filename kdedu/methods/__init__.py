@@ -16,6 +16,7 @@ from kdedu.methods.mate_kd import MATEKD, AdversarialKD, gumbel_softmax
 from kdedu.methods.metadistil import MetaDistil, TeacherTop, quiz_split
 from kdedu.methods.minimax_knn import MinimaxKNN, NeighbourKD, TeacherRows, index_loader, most_divergent, teacher_rows
 from kdedu.methods.mlm import MaskedLMTraining
+from kdedu.methods.mobilebert import LayerTransfer
 from kdedu.methods.multi_teacher import MultiTeacher, Retokenized, average_stores, average_teachers
 from kdedu.methods.nat import NATLoss
 from kdedu.methods.pkd import PKD
@@ -45,6 +46,7 @@ from kdedu.methods.tinybert import TinyBERTKD
 __all__ = ["Supervised", "KD", "LabelSmoothing", "VirtualTeacherKD", "born_again", "ensemble_logits", "AnnealingKD",
            "takd", "TAKDResult", "TeacherBatch", "TransformerDistiller", "teacher_outputs", "precompute_teacher",
            "skip_map", "uniform_map", "DistilBERTKD", "PKD", "TinyBERTKD", "CKD", "contiguous_groups", "ALPKD",
+           "LayerTransfer",
            "MATEKD", "AdversarialKD", "gumbel_softmax", "MaskedLMTraining", "MetaDistil", "TeacherTop", "quiz_split",
            "MultiTeacher", "average_teachers", "Retokenized", "average_stores", "WordKD", "SeqKD", "SeqInter",
            "seq_kd_dataset", "teacher_beams", "seq_inter_choice", "sequence_kl", "NATLoss", "NeighbourKD",

@@ -1,5 +1,6 @@
 """Small readable models for the book, and helpers to measure them."""
 
+from kdedu.models.albert import FactorizedEmbedding, factorize_embeddings, share_layers
 from kdedu.models.cnn import SmallCNN
 from kdedu.models.decoding import HFSeq2Seq, Hypothesis, beam_search, greedy, sample, translate
 from kdedu.models.gpt import GPT
@@ -22,4 +23,5 @@ from kdedu.models.utils import count_parameters, cpu_latency
 __all__ = ["MLP", "SmallCNN", "ResNet", "resnet", "count_parameters", "cpu_latency", "load_minilm", "load_encoder",
            "student_from_teacher", "small_bert", "BiLSTMStudent", "SequenceClassifier", "MaskedLM", "mask_tokens",
            "load_masked_lm", "Seq2Seq", "GPT", "NAT", "NATOutput", "Hypothesis", "greedy", "beam_search", "sample",
-           "translate", "HFSeq2Seq", "shrink_decoder", "layers_to_copy"]
+           "translate", "HFSeq2Seq", "shrink_decoder", "layers_to_copy",
+           "FactorizedEmbedding", "factorize_embeddings", "share_layers"]

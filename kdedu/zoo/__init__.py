@@ -18,8 +18,16 @@ masked LM), :mod:`kdedu.zoo.sequences` (translation teachers) and :mod:`kdedu.zo
 from kdedu.zoo._cache import cache_dir, cached
 from kdedu.zoo.lm import LM_RECIPES, gpt_teacher
 from kdedu.zoo.sequences import SEQ_RECIPES, seq2seq_teacher
-from kdedu.zoo.text import MLM_RECIPES, TEXT_RECIPES, masked_lm, text_teacher
+from kdedu.zoo.text import (
+    CONSTRUCTION_RECIPES,
+    MLM_RECIPES,
+    TEXT_RECIPES,
+    construction_teacher,
+    masked_lm,
+    text_teacher,
+)
 from kdedu.zoo.vision import RECIPES, teacher
 
 __all__ = ["cache_dir", "cached", "teacher", "RECIPES", "text_teacher", "TEXT_RECIPES", "masked_lm", "MLM_RECIPES",
-           "seq2seq_teacher", "SEQ_RECIPES", "gpt_teacher", "LM_RECIPES"]
+           "seq2seq_teacher", "SEQ_RECIPES", "gpt_teacher", "LM_RECIPES", "construction_teacher",
+           "CONSTRUCTION_RECIPES"]

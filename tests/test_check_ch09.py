@@ -52,15 +52,15 @@ def _transfer_runs() -> dict:
     from kdedu.train import Distiller
 
     class LogitMSE(Distiller):  # the chapter's class
-        def __init__(self, student, alpha=0.0):
+        def __init__(self, student, alpha=1.0):
             super().__init__(student)
             self.alpha = alpha
 
         def forward(self, x, y):
             z_s = self.student(x.input_ids, x.attention_mask)
-            terms = {"mse": (1 - self.alpha) * losses.logit_mse(z_s, x.logits)}
-            if self.alpha > 0:
-                terms["ce"] = self.alpha * F.cross_entropy(z_s, y)
+            terms = {"mse": self.alpha * losses.logit_mse(z_s, x.logits)}
+            if self.alpha < 1:
+                terms["ce"] = (1 - self.alpha) * F.cross_entropy(z_s, y)
             return terms
 
     T = kdedu.zoo.text_teacher(verbose=False)

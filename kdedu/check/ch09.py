@@ -209,7 +209,7 @@ def _transfer_data():
 @functools.lru_cache(maxsize=64)  # a resubmitted answer is checked again in no time
 def transfer_accuracy(distil: bool, seed: int) -> float:
     """Test accuracy of the chapter's BiLSTM trained in the exercise's setting on the teacher's logits
-    (``distil=True``: ``LogitMSE``, alpha = 0) or on the labels (``Supervised``).
+    (``distil=True``: ``LogitMSE``, alpha = 1) or on the labels (``Supervised``).
 
     The same steps as the chapter's ``train_bilstm``: ``torch.manual_seed(seed)`` before building
     ``BiLSTMStudent`` on the teacher's frozen word embeddings, then ``fit(..., num_epochs=2, lr=3e-3, seed=seed)``.
@@ -219,7 +219,7 @@ def transfer_accuracy(distil: bool, seed: int) -> float:
     from kdedu.models import BiLSTMStudent
     from kdedu.train import Distiller, evaluate, fit
 
-    class LogitMSE(Distiller):  # the chapter's, with alpha = 0: Tang et al.'s MSE on the teacher's logits
+    class LogitMSE(Distiller):  # the chapter's, with alpha = 1: Tang et al.'s MSE on the teacher's logits
         def forward(self, x, y):
             return {"mse": losses.logit_mse(self.student(x.input_ids, x.attention_mask), x.logits)}
 

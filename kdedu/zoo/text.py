@@ -43,6 +43,18 @@ def _freeze_below_top(model: nn.Module, train_layers: int) -> None:
     model.head.requires_grad_(True)
 
 
+def _bert_encoder(config: dict, seed: int, tokenizer) -> nn.Module:
+    """The encoder of a text recipe: the pretrained MiniLM-L6, or a tiny random BERT seeded with ``seed``."""
+    from kdedu.models import load_minilm, small_bert
+
+    if config["arch"] == "minilm":
+        return load_minilm()[0]
+    if config["arch"] == "tiny":
+        torch.manual_seed(seed)
+        return small_bert(config["num_layers"], config["hidden"], config["heads"], vocab_size=tokenizer.vocab_size)
+    raise ValueError(f"unknown arch {config['arch']!r}")
+
+
 def text_teacher(name: str = "sentiment-minilm", seed: int = 0, root: str | os.PathLike | None = None,
                  verbose: bool = True, **overrides) -> nn.Module:
     """The fine-tuned sentiment teacher of Part III: a :class:`~kdedu.models.SequenceClassifier`, frozen.
@@ -69,24 +81,17 @@ def text_teacher(name: str = "sentiment-minilm", seed: int = 0, root: str | os.P
     """
     config = _recipe_config(TEXT_RECIPES, name, overrides, seed, "sentiment")
     from kdedu.data import sentiment, text_loader, word_tokenizer
-    from kdedu.models import BiLSTMStudent, SequenceClassifier, load_minilm, small_bert
+    from kdedu.models import BiLSTMStudent, SequenceClassifier, load_minilm
 
     tokenizer = load_minilm()[1] if config["arch"] in ("minilm", "bilstm") else word_tokenizer()
 
     def build() -> nn.Module:
-        if config["arch"] == "minilm":
-            encoder = load_minilm()[0]
-        elif config["arch"] == "tiny":
-            torch.manual_seed(seed)
-            encoder = small_bert(config["num_layers"], config["hidden"], config["heads"],
-                                 vocab_size=tokenizer.vocab_size)
-        elif config["arch"] == "bilstm":
+        if config["arch"] == "bilstm":
             table = load_minilm()[0].embeddings.word_embeddings.weight
             torch.manual_seed(seed)
             return BiLSTMStudent(2, embeddings=table, freeze_embeddings=True, hidden=config["hidden"],
                                  mlp_hidden=config["hidden"], dropout=config["dropout"])
-        else:
-            raise ValueError(f"unknown arch {config['arch']!r}")
+        encoder = _bert_encoder(config, seed, tokenizer)
         torch.manual_seed(seed)
         return SequenceClassifier(encoder, 2, pooling=config["pooling"], dropout=config["dropout"])
 
@@ -168,7 +173,7 @@ def construction_teacher(name: str = "construction-minilm", seed: int = 0, root:
     config = _recipe_config(CONSTRUCTION_RECIPES, name, overrides, seed, "sentiment-constructions")
     from kdedu.data import sentiment, text_loader, word_tokenizer
     from kdedu.data.text import CONSTRUCTIONS, TextSplit
-    from kdedu.models import SequenceClassifier, load_minilm, small_bert
+    from kdedu.models import SequenceClassifier, load_minilm
 
     tokenizer = load_minilm()[1] if config["arch"] == "minilm" else word_tokenizer()
 
@@ -176,14 +181,7 @@ def construction_teacher(name: str = "construction-minilm", seed: int = 0, root:
         return TextSplit(split.sentences, construction_labels(split), split.scores, split.probs, split.constructions)
 
     def build() -> nn.Module:
-        if config["arch"] == "minilm":
-            encoder = load_minilm()[0]
-        elif config["arch"] == "tiny":
-            torch.manual_seed(seed)
-            encoder = small_bert(config["num_layers"], config["hidden"], config["heads"],
-                                 vocab_size=tokenizer.vocab_size)
-        else:
-            raise ValueError(f"unknown arch {config['arch']!r}")
+        encoder = _bert_encoder(config, seed, tokenizer)
         torch.manual_seed(seed)
         return SequenceClassifier(encoder, len(CONSTRUCTIONS), pooling=config["pooling"], dropout=config["dropout"])
 

@@ -72,6 +72,13 @@ def check_integer(name: str, value) -> int:
     return int(value)
 
 
+def check_positive_int(name: str, value) -> int:
+    """A Python integer >= 1 (a size, a count); bools are refused, with a ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
 def _check_device(name: str, x: torch.Tensor, device) -> None:
     if device is not None and x.device != torch.device(device):
         raise ValueError(f"{name} is on {x.device} but the logits are on {device}")

@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from kdedu import losses
-from kdedu._validate import check_nonnegative, check_temperature, check_unit_interval
+from kdedu._validate import check_nonnegative, check_positive_int, check_temperature, check_unit_interval
 from kdedu.methods.kd import cross_entropy
 from kdedu.models.mlm import MaskedLM, mask_tokens, special_token_ids
 from kdedu.outputs import attention_mask_of, input_ids_of, run
@@ -106,12 +106,6 @@ def augmented_terms(z_s, z_t, y, z_s_aug, z_t_aug, alpha: float, temperature: fl
             "adv": adv_weight * losses.kd_loss(z_s_aug, z_t_aug, temperature)}
 
 
-def _check_positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
-
-
 class MATEKD(Distiller):
     """MATE-KD: ``{"ce", "kd"}`` on the batch and ``{"adv"}`` on the generator's rewrite of it (module docstring).
 
@@ -146,8 +140,8 @@ class MATEKD(Distiller):
         self.tau = check_temperature(tau)
         self.generator_lr = check_nonnegative("generator_lr", generator_lr)
         self.max_grad_norm = check_nonnegative("max_grad_norm", max_grad_norm)
-        self.generator_steps = _check_positive_int("generator_steps", generator_steps)
-        self.student_steps = _check_positive_int("student_steps", student_steps)
+        self.generator_steps = check_positive_int("generator_steps", generator_steps)
+        self.student_steps = check_positive_int("student_steps", student_steps)
         self.adversarial = bool(adversarial)
         tokenizer = tokenizer if tokenizer is not None else getattr(generator, "tokenizer", None)
         if tokenizer is None or getattr(tokenizer, "mask_token_id", None) is None:
@@ -299,7 +293,7 @@ class AdversarialKD(Distiller):
         self.temperature = check_temperature(temperature)
         self.adv_weight = check_unit_interval("adv_weight", adv_weight)
         self.epsilon = check_nonnegative("epsilon", epsilon)
-        self.steps = _check_positive_int("steps", steps)
+        self.steps = check_positive_int("steps", steps)
         self.random = bool(random)
         if clamp is not None and (len(clamp) != 2 or not clamp[0] < clamp[1]):
             raise ValueError(f"clamp must be None or (low, high) with low < high, got {clamp!r}")

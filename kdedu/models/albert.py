@@ -19,15 +19,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from kdedu._validate import check_positive_int
 from kdedu.models.transformer import _bert_of
 
 __all__ = ["FactorizedEmbedding", "factorize_embeddings", "share_layers"]
-
-
-def _check_positive_int(name: str, v) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"{name} must be a positive integer, got {v!r}")
-    return v
 
 
 class FactorizedEmbedding(nn.Module):
@@ -44,9 +39,9 @@ class FactorizedEmbedding(nn.Module):
 
     def __init__(self, num_embeddings: int, embedding_dim: int, rank: int):
         super().__init__()
-        v = _check_positive_int("num_embeddings", num_embeddings)
-        h = _check_positive_int("embedding_dim", embedding_dim)
-        rank = _check_positive_int("rank", rank)
+        v = check_positive_int("num_embeddings", num_embeddings)
+        h = check_positive_int("embedding_dim", embedding_dim)
+        rank = check_positive_int("rank", rank)
         if rank > min(v, h):
             raise ValueError(f"rank must be at most min(num_embeddings, embedding_dim) = {min(v, h)}, got {rank}")
         self.num_embeddings, self.embedding_dim, self.rank = v, h, rank

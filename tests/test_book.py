@@ -136,26 +136,52 @@ def test_chapter_title(md):
     assert first_md.source.startswith(f"# {nn} · "), f"{md.name} must open with its title `# {nn} · Title`"
 
 
-@pytest.mark.parametrize("md", PAGES, ids=_ids(PAGES))
-def test_colab_badge_points_at_this_notebook(md):
+def _release() -> tuple[str, str]:
+    """(owner/repo from myst.yml's project.github, the release tag every badge and install line names)."""
     github = _myst_config()["project"]["github"].rstrip("/")
     owner_repo = re.fullmatch(r"https://github\.com/([^/]+/[^/]+?)(\.git)?", github)
     assert owner_repo, f"myst.yml project.github must be https://github.com/<owner>/<repo>, got {github!r}"
-    expected = f"https://colab.research.google.com/github/{owner_repo.group(1)}/blob/main/book/{md.stem}.ipynb"
+    version = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(encoding="utf-8"), re.M).group(1)
+    return owner_repo.group(1), f"v{version}"
+
+
+def test_release_version_agrees():
+    import kdedu
+
+    repo, tag = _release()
+    assert tag == f"v{kdedu.__version__}", "pyproject.toml's version and kdedu.__version__ differ (ci/release.py)"
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    links = re.findall(r"https://colab\.research\.google\.com/github/([^)\s\"'>`]+)", readme)
+    assert links, "README.md should say how to open a chapter in Colab"
+    wrong = [u for u in links if not u.startswith(f"{repo}/blob/{tag}/book/")]
+    assert not wrong, f"README.md: Colab links {wrong} should open {repo}/blob/{tag}/book/... (ci/release.py)"
+
+
+ASSIGNMENT_SOURCES = sorted((BOOK / "assignments").glob("ps[0-9]-*.md"))
+COLAB_PAGES = PAGES + ASSIGNMENT_SOURCES
+
+
+@pytest.mark.parametrize("md", COLAB_PAGES, ids=_ids(COLAB_PAGES))
+def test_colab_badge_points_at_this_notebook(md):
+    repo, tag = _release()
+    notebook = "book/" + (f"assignments/student/{md.stem}" if md.parent != BOOK else md.stem) + ".ipynb"
+    expected = f"https://colab.research.google.com/github/{repo}/blob/{tag}/{notebook}"
     urls = re.findall(r"https://colab\.research\.google\.com/github/[^)\s\"'>]+", md.read_text(encoding="utf-8"))
     assert urls, f"{md.name} has no Open-in-Colab badge linking to {expected}"
     wrong = [u for u in urls if u != expected]
-    assert not wrong, f"{md.name}: Colab links {wrong} should be {expected}"
+    assert not wrong, f"{md.name}: Colab links {wrong} should be {expected} (the release tag: ci/release.py)"
     # the badge's picture is the book's own file: an outside image cannot be fetched by an offline site build
     badges = re.findall(r"\[!\[[^\]]*\]\(([^)\s]+)\)\]\(https://colab\.research\.google\.com/",
                         md.read_text(encoding="utf-8"))
-    assert badges and all(b == "./images/colab-badge.svg" for b in badges), \
-        f"{md.name}: the Colab badge image must be ./images/colab-badge.svg, got {badges}"
-    assert (md.parent / "images" / "colab-badge.svg").is_file()
+    picture = "./images/colab-badge.svg" if md.parent == BOOK else "../images/colab-badge.svg"
+    assert badges and all(b == picture for b in badges), \
+        f"{md.name}: the Colab badge image must be {picture}, got {badges}"
+    assert (BOOK / "images" / "colab-badge.svg").is_file()
 
 
-@pytest.mark.parametrize("md", PAGES, ids=_ids(PAGES))
+@pytest.mark.parametrize("md", COLAB_PAGES, ids=_ids(COLAB_PAGES))
 def test_kdedu_is_installed_only_in_colab(md):
+    repo, tag = _release()
     nb = jupytext.read(md)
     first = _first_code_cell(nb)
     assert first is not None, f"{md.name} has no code cell"
@@ -170,9 +196,25 @@ def test_kdedu_is_installed_only_in_colab(md):
     for i in installs:
         inside = i > guard and all(line.startswith((" ", "\t")) or not line.strip() for line in lines[guard + 1:i + 1])
         assert inside, f"{md.name}: `{lines[i].strip()}` must be inside the `if \"google.colab\" in sys.modules:` block"
+        # a tagged release, not main: a later commit cannot break a published chapter
+        assert re.fullmatch(rf'\s+%pip install -q "kdedu(\[[a-z,]+\])? @ git\+https://github\.com/{re.escape(repo)}@{tag}"',
+                            lines[i]), f"{md.name}: `{lines[i].strip()}` must install kdedu @ git+https://github.com/{repo}@{tag}"
     for cell in nb.cells:
         if cell is not first and cell.cell_type == "code":
             assert not re.search(r"pip install.*kdedu", cell.source), f"{md.name}: install kdedu only in the first cell"
+
+
+@pytest.mark.parametrize("ipynb", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_notebooks_that_want_a_gpu_ask_colab_for_one(ipynb):
+    """A page whose experiments have a `full` profile (kdedu.profile.pick: the profile a GPU selects) asks Colab
+    for a GPU in the notebook's metadata; a page without one does not. The keys live in the .ipynb only (MyST
+    would warn about them in the .md's front matter); jupytext keeps them there when it syncs the pair."""
+    wants = "profile.pick(" in ipynb.with_suffix(".md").read_text(encoding="utf-8")
+    meta = nbformat.read(ipynb, as_version=4).metadata
+    asks = meta.get("accelerator") == "GPU" and bool(meta.get("colab", {}).get("gpuType"))
+    assert asks == wants, f"{ipynb.name}: " + (
+        'its full profile wants a GPU: add "accelerator": "GPU" and "colab": {"gpuType": "T4"} to its metadata'
+        if wants else "asks for a GPU it never uses")
 
 
 @pytest.mark.parametrize("md", CHAPTERS, ids=_ids(CHAPTERS))

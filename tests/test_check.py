@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -118,7 +120,8 @@ def test_result_repr_and_bool():
 def test_every_registered_exercise_is_well_formed():
     for exercise_id, (fn, hint) in check.EXERCISES.items():
         assert callable(fn) and isinstance(hint, str)
-        assert exercise_id[:2].isdigit() and exercise_id[2] == ".", exercise_id
+        # a chapter's exercise is "NN.slug"; a problem set's own is "psN.slug" (book/assignments)
+        assert re.fullmatch(r"(\d\d|ps\d)\.[A-Za-z0-9-]+", exercise_id), exercise_id
 
 
 # ------------------------------------------------------------------------------------------

@@ -255,7 +255,7 @@ def retrain_tolerance() -> float:
 
 
 
-# the chapters' exercises register themselves on import
+# the chapters' exercises, then the problem sets' own (book/assignments), register themselves on import
 from kdedu.check import (  # noqa: E402, F401
     ch01,
     ch02,
@@ -276,4 +276,11 @@ from kdedu.check import (  # noqa: E402, F401
     ch17,
     ch18,
     ch19,
+    ps1,
+    ps2,
+    ps3,
+    ps4,
+    ps5,
+    ps6,
+    ps7,
 )

@@ -87,15 +87,31 @@ def test_students_see_no_solution_and_instructors_see_all(built):
         assert len(s_code) == len(i_code)
         answers = [(s, i) for s, i in zip(s_code, i_code, strict=True) if s != i]
         assert len(answers) == len(course.questions(paths["autograder"])), name
-        for s, i in answers:
-            assert s.rstrip().endswith("...") and "SOLUTION" not in s, f"{name}: a solution reaches the student:\n{s}"
-            assert "SOLUTION" not in i and len(i) > len(s), f"{name}: the instructor's answer is missing:\n{i}"
+        for s, i in answers:  # the student's answer cell is the placeholder alone
+            assert re.fullmatch(r"\w+ = None  # replace None by your [\w ]+", s), \
+                f"{name}: a solution reaches the student:\n{s}"
+            assert "SOLUTION" not in i and i.startswith(s + "\n"), f"{name}: the instructor's answer is missing:\n{i}"
         assert not any("grader" in c for c in s_code), f"{name}: otter cells in the student notebook"
 
 
+def test_the_autograder_installs_the_release_the_notebooks_install(built):
+    """otter grade (Docker) installs the autograder's environment: the same kdedu as the notebooks' install line."""
+    import zipfile
+
+    github = re.search(r"^\s*github:\s*(\S+)", (ROOT / "myst.yml").read_text(encoding="utf-8"), re.M).group(1)
+    version = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(encoding="utf-8"), re.M).group(1)
+    release = f"kdedu @ git+{github}@v{version}"
+    for name, paths in built.items():
+        with zipfile.ZipFile(paths["autograder"]) as z:
+            env = z.read("environment.yml").decode()  # what otter grade's image installs
+        assert re.search(rf"^\s+- {re.escape(release)}$", env, re.M), f"{name}: {env}"
+        first = _code(nbformat.read(paths["student"], as_version=4))[0]
+        assert f'"{release}"' in first, name
+
+
 @pytest.mark.parametrize("src", SOURCES, ids=[s.stem for s in SOURCES])
-def test_every_instructor_notebook_scores_full_marks(src, tmp_path):
-    paths = course.build(src, tmp_path / "build")
+def test_every_instructor_notebook_scores_full_marks(src, built, tmp_path):
+    paths = built[src.stem]
     folder = tmp_path / "submissions"
     folder.mkdir()
     (folder / "solutions.ipynb").write_bytes(paths["instructor"].read_bytes())

@@ -150,6 +150,9 @@ def test_release_version_agrees():
 
     repo, tag = _release()
     assert tag == f"v{kdedu.__version__}", "pyproject.toml's version and kdedu.__version__ differ (ci/release.py)"
+    homepage = re.search(r'^Homepage = "([^"]+)"', (ROOT / "pyproject.toml").read_text(encoding="utf-8"), re.M)
+    assert homepage and homepage.group(1) == f"https://github.com/{repo}", \
+        "pyproject.toml's Homepage (the repository kdedu.check.course names) must be myst.yml's github"
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     links = re.findall(r"https://colab\.research\.google\.com/github/([^)\s\"'>`]+)", readme)
     assert links, "README.md should say how to open a chapter in Colab"

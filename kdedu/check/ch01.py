@@ -53,7 +53,7 @@ def _ch01_kd_inputs(seed: int):
     return z_s, z_t, y
 
 
-@register("01.kd-loss", hint="keep the hard term and the T**2 of the chapter's distillation_loss and change only "
+@register("01.kd-loss", hint="keep the hard term and the T**2 of chapter 01's distillation_loss and change only "
                              "the soft term: a cross-entropy needs the teacher's probabilities and the student's "
                              "log-probabilities, both at temperature T.")
 def _check_01_kd_loss(fn):
@@ -83,8 +83,8 @@ def _check_01_kd_loss(fn):
         value = got.item()
         if math.isclose(value, expected_kl.item(), rel_tol=1e-4, abs_tol=1e-6) and alpha > 0 and \
                 not math.isclose(expected_kl.item(), expected.item(), rel_tol=1e-4):
-            raise Wrong(f"{what} equals the KL form of eq. (eq-distillation-loss): right gradient, but the "
-                        "exercise asks for the cross-entropy H(p_t, p_s) = -sum p_t log p_s.")
+            raise Wrong(f"{what} equals the KL form, T**2 KL(p_t || p_s), of chapter 01's loss: right "
+                        "gradient, but the exercise asks for the cross-entropy H(p_t, p_s) = -sum p_t log p_s.")
         if alpha > 0 and T != 1 and math.isclose(value, ((1 - alpha) * ce + alpha * cross).item(), rel_tol=1e-4):
             raise Wrong(f"{what} is missing the T**2 factor on the soft term.")
         if not math.isclose(value, expected.item(), rel_tol=1e-4, abs_tol=1e-6):

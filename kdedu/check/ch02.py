@@ -34,7 +34,7 @@ def _ch02_similarity(probs: torch.Tensor, labels: torch.Tensor, c: int) -> torch
     return s
 
 
-@register("02.class-similarity", hint="build S of eq. (eq-class-similarity) first, then work on its rows: only "
+@register("02.class-similarity", hint="build chapter 02's class-similarity matrix S first, then work on its rows: only "
                                       "the entries off the diagonal say where the doubt goes.")
 def _check_02_class_similarity(fn):
     function("doubt_matrix(probs, labels, num_classes)", fn)

@@ -71,8 +71,8 @@ def _check_03_tie_entropy(answer):
 
 
 @register("03.grad-exponent",
-          hint="eq. (eq-03-kl-grad) holds for any fixed target distribution: ask which factors of 1/T survive when "
-               "the target stays at T = 1.")
+          hint="chapter 03's gradient of the KL at temperature T holds for any fixed target distribution: "
+               "ask which factors of 1/T survive when the target stays at T = 1.")
 def _check_03_grad_exponent(answer):
     z_s, z_t = _ch03_logits(1, (8, 10), 1.0), _ch03_logits(2, (8, 10), 3.0)
     log_pt = torch.log_softmax(z_t, dim=-1)  # the teacher at T = 1, whatever the student's temperature

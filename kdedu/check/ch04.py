@@ -74,8 +74,8 @@ def _check_04_ls_constant(answer):
 
 
 @register("04.virtual-teacher",
-          hint="start from a (len(y), C) tensor filled with the wrong-class probability of eq. "
-               "(eq-04-virtual-teacher), then overwrite one entry per row; each row must sum to 1.")
+          hint="start from a (len(y), C) tensor filled with the wrong-class probability of chapter 04's "
+               "virtual teacher, then overwrite one entry per row; each row must sum to 1.")
 def _check_04_virtual_teacher(fn):
     function("virtual_teacher(y, C, a)", fn)
     y = _ch04_labels()

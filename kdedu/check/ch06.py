@@ -20,8 +20,9 @@ def _ch06_logits(seed: int, members: int = 4, n: int = 200, c: int = 10) -> list
     return [scales[i % len(scales)] * torch.randn(n, c, generator=g, dtype=torch.float64) for i in range(members)]
 
 
-@register("06.ensemble", hint="the ensemble averages probabilities, not logits (see the formula under eq. "
-                              "(eq-born-again)); mind which axis holds the members and which the classes.")
+@register("06.ensemble", hint="the ensemble averages probabilities, not logits (chapter 06: the ensemble of "
+                              "generations is the mean of their softmax outputs); mind which axis holds the members "
+                              "and which the classes.")
 def _check_06_ensemble(fn):
     function("ensemble_probs(logits_list)", fn)
     for seed, members in ((0, 4), (1, 3), (2, 1)):

@@ -96,8 +96,8 @@ def _ch19_merged(name: str, got) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @register("19.merge-logsumexp",
-          hint="eq. (eq-19-online) merges a running state with one block: treat part b as that block, whose sum is "
-               "known only relative to its own maximum m_b.")
+          hint="chapter 19's online softmax update merges a running state with one block: treat part b as "
+               "that block, whose sum is known only relative to its own maximum m_b.")
 def _check_19_merge_logsumexp(fn):
     function("merge_lse(m_a, d_a, m_b, d_b)", fn)
     g = torch.Generator().manual_seed(19)

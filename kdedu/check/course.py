@@ -44,10 +44,24 @@ init_cell: false
 check_all_cell: false
 export_cell: false
 run_tests: false
+requirements:
+  - "{kdedu}"
 tests:
   files: true"""
 """The otter assignment configuration every problem set gets: no otter cells in the notebooks (the checks are
-kdedu.check's), tests in files, the solutions not executed at build time (the tests run them)."""
+kdedu.check's), tests in files, the solutions not executed at build time (the tests run them), and the kdedu
+release the notebooks install as the autograder's requirement (for ``otter grade``'s Docker images)."""
+
+
+def _release() -> str:
+    """``kdedu @ git+<repository>@v<version>``: the release a problem set's notebooks install."""
+    from importlib.metadata import metadata
+
+    from kdedu import __version__
+
+    urls = [u.split(",", 1)[1].strip() for u in metadata("kdedu").get_all("Project-URL") or []
+            if u.lower().startswith("homepage")]
+    return f"kdedu @ git+{urls[0]}@v{__version__}" if urls else f"kdedu=={__version__}"
 
 
 def _otter():
@@ -90,7 +104,7 @@ def build(source: str | os.PathLike, out: str | os.PathLike) -> dict[str, Path]:
         raise ValueError(f"source must be a problem set's .md file, got {str(source)!r}")
     name = source.stem
     nb = jupytext.read(source)
-    nb.cells.insert(0, nbformat.v4.new_raw_cell(CONFIG.format(name=name)))
+    nb.cells.insert(0, nbformat.v4.new_raw_cell(CONFIG.format(name=name, kdedu=_release())))
     target = Path(out) / name
     with tempfile.TemporaryDirectory() as tmp:
         master = Path(tmp) / f"{name}.ipynb"

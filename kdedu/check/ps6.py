@@ -116,6 +116,16 @@ def meta_gradient_closed_form(W, x, z_t, qx, qy, lam: float, T: float, kd_scale:
     return step / T * p_t * (V - (p_t * V).sum(-1, keepdim=True))
 
 
+def _gradient_of_z_t(name: str, got, expected: torch.Tensor, where: str) -> torch.Tensor:
+    """The answer as a float64 tensor of z_t's shape, or :class:`Wrong` naming ``name``."""
+    if not isinstance(got, torch.Tensor):
+        raise Wrong(f"{name} should return a tensor of z_t's shape {tuple(expected.shape)}, got {type(got).__name__}.")
+    if got.shape != expected.shape:
+        raise Wrong(f"{where}, {name} returned shape {tuple(got.shape)}; the gradient with respect to z_t has z_t's "
+                    f"shape {tuple(expected.shape)}.")
+    return got.detach().double()
+
+
 @register("ps6.meta-gradient", hint="build the pilot W' as a function of z_t (keep the graph of the KD gradient: "
                                     "create_graph=True), score W' on the quiz batch, and differentiate that score "
                                     "with respect to z_t. A gradient of zero means the graph was cut somewhere.")
@@ -126,12 +136,7 @@ def _check_ps6_meta_gradient(fn):
         expected = meta_gradient_closed_form(W, x, z_t, qx, qy, lam, T)
         got = fn(W.clone(), x.clone(), z_t.clone(), qx.clone(), qy.clone(), lam, T)
         where = f"with N = {N}, C = {C}, lam = {lam:g}, T = {T:g}"
-        if not isinstance(got, torch.Tensor):
-            raise Wrong(f"meta_gradient should return a tensor of z_t's shape {(N, C)}, got {type(got).__name__}.")
-        if got.shape != expected.shape:
-            raise Wrong(f"{where}, meta_gradient returned shape {tuple(got.shape)}; the gradient with respect to z_t "
-                        f"has z_t's shape {(N, C)}.")
-        got = got.detach().double()
+        got = _gradient_of_z_t("meta_gradient", got, expected, where)
         if torch.allclose(got, expected, atol=1e-10, rtol=1e-6):
             continue
         if torch.allclose(got, torch.zeros_like(got), atol=1e-12):
@@ -172,13 +177,7 @@ def _check_ps6_alignment(fn):
         expected = -meta_gradient_closed_form(*problem, 1.0, T, at_pilot=False)
         got = fn(W.clone(), x.clone(), z_t.clone(), qx.clone(), qy.clone(), T)
         where = f"with N = {N}, C = {C}, T = {T:g}"
-        if not isinstance(got, torch.Tensor):
-            raise Wrong(f"alignment_gradient should return a tensor of z_t's shape {(N, C)}, got "
-                        f"{type(got).__name__}.")
-        if got.shape != expected.shape:
-            raise Wrong(f"{where}, alignment_gradient returned shape {tuple(got.shape)}; the gradient with respect to "
-                        f"z_t has z_t's shape {(N, C)}.")
-        got = got.detach().double()
+        got = _gradient_of_z_t("alignment_gradient", got, expected, where)
         if torch.allclose(got, expected, atol=1e-10, rtol=1e-6):
             continue
         if torch.allclose(got, torch.zeros_like(got), atol=1e-12):

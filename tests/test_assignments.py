@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ASSIGNMENTS = ROOT / "book" / "assignments"
 SOURCES = sorted(ASSIGNMENTS.glob("ps[0-9]-*.md"))
 PARTS = 7  # Parts I-VII of CHAPTERS.md
+VERSION = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(encoding="utf-8"), re.M).group(1)
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,6 @@ def test_one_problem_set_per_part():
 def test_the_appendix_lists_every_set_as_its_source_has_it():
     """book/assignments.md's table: per set, each question's exercise id and points, the total, the Colab badge."""
     page = (ROOT / "book" / "assignments.md").read_text(encoding="utf-8")
-    version = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(encoding="utf-8"), re.M).group(1)
     for src in SOURCES:
         text = src.read_text(encoding="utf-8")
         n = re.match(r"ps(\d)", src.stem).group(1)
@@ -65,7 +65,7 @@ def test_the_appendix_lists_every_set_as_its_source_has_it():
         ids = re.findall(r'^kdedu\.check\.exercise\("([^"]+)"', text, re.M)
         assert re.findall(r"\(`([^`]+)`, (\d+)\)", row) == [(i, str(p)) for i, p in zip(ids, points, strict=True)], row
         assert f"| {sum(points)} |" in row
-        assert f"/blob/v{version}/book/assignments/student/{src.stem}.ipynb)" in row
+        assert f"/blob/v{VERSION}/book/assignments/student/{src.stem}.ipynb)" in row
 
 
 def test_student_notebooks_are_built_from_their_source(built):
@@ -99,8 +99,7 @@ def test_the_autograder_installs_the_release_the_notebooks_install(built):
     import zipfile
 
     github = re.search(r"^\s*github:\s*(\S+)", (ROOT / "myst.yml").read_text(encoding="utf-8"), re.M).group(1)
-    version = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(encoding="utf-8"), re.M).group(1)
-    release = f"kdedu @ git+{github}@v{version}"
+    release = f"kdedu @ git+{github}@v{VERSION}"
     for name, paths in built.items():
         with zipfile.ZipFile(paths["autograder"]) as z:
             env = z.read("environment.yml").decode()  # what otter grade's image installs

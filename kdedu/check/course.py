@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import os
 import re
@@ -35,6 +36,8 @@ import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
+
+from kdedu._io import atomic_write
 
 __all__ = ["build", "grade", "questions"]
 
@@ -70,13 +73,6 @@ def _otter():
     except ImportError:
         raise ImportError("problem sets are built and graded with otter-grader: pip install 'kdedu[book]' "
                           "(or pip install otter-grader)") from None
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _clean(nb, strip_markers: bool):
@@ -122,10 +118,8 @@ def build(source: str | os.PathLike, out: str | os.PathLike) -> dict[str, Path]:
                  "autograder": target / "autograder.zip"}
         for kind, folder in (("student", "student"), ("instructor", "autograder")):
             made = _clean(nbformat.read(dist / folder / f"{name}.ipynb", as_version=4), kind == "instructor")
-            _write_atomic(paths[kind], nbformat.writes(made) + "\n")
-        tmp_zip = target / f".autograder.{os.getpid()}.tmp"
-        shutil.copyfile(zips[0], tmp_zip)
-        os.replace(tmp_zip, paths["autograder"])
+            atomic_write(paths[kind], (nbformat.writes(made) + "\n").encode("utf-8"))
+        atomic_write(paths["autograder"], zips[0].read_bytes())
     return paths
 
 
@@ -199,7 +193,7 @@ def _grade_one(autograder: str, submission: str, result: str) -> None:
         submitted = nbformat.read(submission, as_version=4)
     except Exception as err:  # not a notebook: say so here, not from deep inside otter
         out.update(status="invalid", errors=[f"not a readable notebook: {type(err).__name__}: {err}"])
-        _write_atomic(Path(result), json.dumps(out))
+        atomic_write(result, json.dumps(out).encode("utf-8"))
         return
     # otter adds cells of its own: name a failing cell by its place among the submission's code cells
     code_cells = [c.source for c in submitted.cells if c.cell_type == "code"]
@@ -218,7 +212,7 @@ def _grade_one(autograder: str, submission: str, result: str) -> None:
     except BaseException as err:  # noqa: BLE001 - whatever the submission did (e.g. kill its kernel), report it
         out["status"] = "crashed"
         out["errors"].append(f"{type(err).__name__}: {err}")
-    _write_atomic(Path(result), json.dumps(out))
+    atomic_write(result, json.dumps(out).encode("utf-8"))
 
 
 def _run_one(autograder: Path, submission: Path, timeout: float, workdir: Path) -> dict:
@@ -294,12 +288,11 @@ def grade(submissions: str | os.PathLike, autograder: str | os.PathLike, out: st
         row.update(status=g["status"], seconds=round(g["seconds"], 1), errors=" || ".join(g["errors"]))
         rows.append(row)
     out = Path(out) if out is not None else submissions / "grades.csv"
-    tmp_csv = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    with open(tmp_csv, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp_csv, out)
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(out, table.getvalue().encode("utf-8"))
     return rows
 
 
@@ -326,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
             paths = build(source, args.out)
             if args.student_dir:
                 dest = Path(args.student_dir) / f"{Path(source).stem}.ipynb"
-                _write_atomic(dest, paths["student"].read_text(encoding="utf-8"))
+                atomic_write(dest, paths["student"].read_bytes())
             print(f"{source}: {', '.join(str(p) for p in paths.values())}")
     elif args.command == "grade":
         rows = grade(args.submissions, args.autograder, args.out, timeout=args.timeout, jobs=args.jobs)

@@ -126,6 +126,17 @@ def _gradient_of_z_t(name: str, got, expected: torch.Tensor, where: str) -> torc
     return got.detach().double()
 
 
+def _wrong_gradient(got: torch.Tensor, expected: torch.Tensor, slips, where: str) -> None:
+    """Raise :class:`Wrong` for a gradient that is not ``expected``: the message of the first ``(value, message)``
+    slip it matches, else how far off it is."""
+    for wrong, message in slips:
+        if torch.allclose(got, wrong, atol=1e-10, rtol=1e-6):
+            raise Wrong(f"{where}: {message}")
+    err = (got - expected).abs().max().item()
+    raise Wrong(f"{where}, your gradient is off by up to {err:.3g} (its entries are up to "
+                f"{expected.abs().max().item():.3g}).")
+
+
 @register("ps6.meta-gradient", hint="build the pilot W' as a function of z_t (keep the graph of the KD gradient: "
                                     "create_graph=True), score W' on the quiz batch, and differentiate that score "
                                     "with respect to z_t. A gradient of zero means the graph was cut somewhere.")
@@ -154,12 +165,7 @@ def _check_ps6_meta_gradient(fn):
             (meta_gradient_closed_form(W, x, z_t, qx, qy, lam, T, kd_scale=N * T * T), "your pilot's KD loss sums "
              "over the batch rows; it is their mean (batchmean)."),
         )
-        for wrong, message in slips:
-            if torch.allclose(got, wrong, atol=1e-10, rtol=1e-6):
-                raise Wrong(f"{where}: {message}")
-        err = (got - expected).abs().max().item()
-        raise Wrong(f"{where}, your gradient is off by up to {err:.3g} (its entries are up to "
-                    f"{expected.abs().max().item():.3g}).")
+        _wrong_gradient(got, expected, slips, where)
     return ("MetaDistil's meta-gradient: the teacher learns how its soft targets move the student's next step, "
             "through a second-order gradient. Each row of the result sums to 0: adding a constant to a row of "
             "logits changes no soft target.")
@@ -192,11 +198,6 @@ def _check_ps6_alignment(fn):
              "your KD loss sums over the batch rows; it is their mean (batchmean)."),
             (M * expected, "your quiz loss sums over its rows; it is their mean (cross_entropy's default)."),
         )
-        for wrong, message in slips:
-            if torch.allclose(got, wrong, atol=1e-10, rtol=1e-6):
-                raise Wrong(f"{where}: {message}")
-        err = (got - expected).abs().max().item()
-        raise Wrong(f"{where}, your gradient is off by up to {err:.3g} (its entries are up to "
-                    f"{expected.abs().max().item():.3g}).")
+        _wrong_gradient(got, expected, slips, where)
     return ("the first-order meta-gradient: for a small pilot step, meta_gradient / lam tends to minus this, so the "
             "teacher moves its soft targets to make the KD gradient point where the quiz loss goes down.")
